@@ -1,0 +1,150 @@
+"""Admin REST API: the registry's servers and tools, import and sync. Routes translate only."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, FastAPI, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+
+from registry.errors import DuplicateError, InvalidSpecError, NotFoundError
+from registry.importer import ImportFileError, parse_import_document
+from registry.specs import ServerSpec
+
+from .admin_schemas import ImportOut, ServerOut, ServerUpdate, SyncOut, ToolList, ToolOut, ToolUpdate
+from .services import GatewayService
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+def _service(request: Request) -> GatewayService:
+    service: GatewayService = request.app.state.service
+    return service
+
+
+@router.post("/servers", status_code=status.HTTP_201_CREATED, response_model=ServerOut)
+async def create_server(spec: ServerSpec, request: Request) -> ServerOut:
+    """Register a server and sync its tools at once (a failed sync leaves status `error`)."""
+    service = _service(request)
+    server, report = await service.register_server(spec)
+    counts = await service.registry.tool_counts()
+    return ServerOut.of(server, tool_count=counts.get(server.id, 0), sync=report)
+
+
+@router.get("/servers", response_model=list[ServerOut])
+async def list_servers(request: Request) -> list[ServerOut]:
+    registry = _service(request).registry
+    counts = await registry.tool_counts()
+    return [ServerOut.of(s, tool_count=counts.get(s.id, 0)) for s in await registry.list_servers()]
+
+
+@router.get("/servers/{server_id}", response_model=ServerOut)
+async def get_server(server_id: int, request: Request) -> ServerOut:
+    registry = _service(request).registry
+    server = await registry.get_server(server_id)
+    counts = await registry.tool_counts()
+    return ServerOut.of(server, tool_count=counts.get(server_id, 0))
+
+
+@router.patch("/servers/{server_id}", response_model=ServerOut)
+async def update_server(server_id: int, update: ServerUpdate, request: Request) -> ServerOut:
+    """Change fields, enable or disable. Changed connection details reconnect and re-sync."""
+    service = _service(request)
+    server, report = await service.update_server(server_id, update.model_dump(exclude_unset=True))
+    counts = await service.registry.tool_counts()
+    return ServerOut.of(server, tool_count=counts.get(server_id, 0), sync=report)
+
+
+@router.delete("/servers/{server_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_server(server_id: int, request: Request) -> Response:
+    await _service(request).delete_server(server_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/servers/{server_id}/sync", response_model=SyncOut)
+async def sync_server(server_id: int, request: Request) -> SyncOut:
+    service = _service(request)
+    await service.registry.get_server(server_id)  # 404 before any work
+    return SyncOut.of(await service.sync_server(server_id))
+
+
+@router.post("/sync", response_model=list[SyncOut])
+async def sync_all(request: Request) -> list[SyncOut]:
+    return [SyncOut.of(r) for r in await _service(request).sync_all()]
+
+
+@router.post("/import", response_model=ImportOut)
+async def import_servers(
+    request: Request,
+    document: Annotated[
+        dict[str, Any], Body(description='A Claude-Desktop-style {"mcpServers": {...}} object.')
+    ],
+) -> ImportOut:
+    """Create or update servers from an `mcpServers` document; idempotent. A document with any
+    bad entry is rejected whole (422, every problem listed) and nothing is written."""
+    specs = parse_import_document(document)
+    outcome = await _service(request).import_servers(specs)
+    return ImportOut(
+        created=outcome.result.created,
+        updated=outcome.result.updated,
+        unchanged=outcome.result.unchanged,
+        syncs=[SyncOut.of(r) for r in outcome.reports],
+    )
+
+
+@router.get("/tools", response_model=ToolList)
+async def list_tools(
+    request: Request,
+    server_id: int | None = None,
+    server: Annotated[str | None, Query(description="Server name")] = None,
+    enabled: bool | None = None,
+    q: Annotated[str | None, Query(description="Substring of the exposed name or description")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> ToolList:
+    registry = _service(request).registry
+    if server is not None:
+        found = await registry.find_server(server)
+        if found is None:
+            raise NotFoundError(f"no server named {server!r}")
+        server_id = found.id
+    page = await registry.list_tools(
+        server_id=server_id, enabled=enabled, query=q, limit=limit, offset=offset
+    )
+    return ToolList(total=page.total, limit=limit, offset=offset, tools=[ToolOut.of(t) for t in page.tools])
+
+
+@router.get("/tools/{tool_id}", response_model=ToolOut)
+async def get_tool(tool_id: int, request: Request) -> ToolOut:
+    return ToolOut.of(await _service(request).registry.get_tool(tool_id))
+
+
+@router.patch("/tools/{tool_id}", response_model=ToolOut)
+async def update_tool(tool_id: int, update: ToolUpdate, request: Request) -> ToolOut:
+    return ToolOut.of(await _service(request).set_tool_enabled(tool_id, update.enabled))
+
+
+def _error(status_code: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse(status_code=status_code, content={"detail": message, **extra})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Registry errors become clear JSON with the right status."""
+
+    async def not_found(_request: Request, exc: Exception) -> JSONResponse:
+        return _error(404, str(exc))
+
+    async def duplicate(_request: Request, exc: Exception) -> JSONResponse:
+        return _error(409, str(exc))
+
+    async def invalid_spec(_request: Request, exc: Exception) -> JSONResponse:
+        return _error(422, str(exc))
+
+    async def bad_import(_request: Request, exc: Exception) -> JSONResponse:
+        problems = exc.problems if isinstance(exc, ImportFileError) else [str(exc)]
+        return _error(422, "invalid import document; nothing was imported", problems=problems)
+
+    app.add_exception_handler(NotFoundError, not_found)
+    app.add_exception_handler(DuplicateError, duplicate)
+    app.add_exception_handler(InvalidSpecError, invalid_spec)
+    app.add_exception_handler(ImportFileError, bad_import)

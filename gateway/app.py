@@ -1,0 +1,93 @@
+"""The HTTP app: MCP front door at /mcp, admin REST under /admin, health probes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from sqlalchemy import text
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from .admin import install_error_handlers, router
+from .frontdoor import build_mcp_server
+from .runtime import gateway_runtime
+from .settings import Settings
+
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class _MCPEndpoint:
+    """ASGI endpoint handing /mcp to the session manager built in the lifespan."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        manager: StreamableHTTPSessionManager = scope["app"].state.mcp_manager
+        await manager.handle_request(scope, receive, send)
+
+
+def _transport_security(settings: Settings) -> TransportSecuritySettings | None:
+    """DNS-rebinding protection when bound to loopback (as the SDK does for its own apps)."""
+    if settings.host not in _LOCAL_HOSTS:
+        return None
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*"],
+        allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
+    )
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with gateway_runtime(settings) as service:
+            server = build_mcp_server(
+                service, default_limit=settings.find_limit_default, max_limit=settings.find_limit_max
+            )
+            manager = StreamableHTTPSessionManager(
+                app=server, security_settings=_transport_security(settings)
+            )
+            app.state.service = service
+            app.state.mcp_manager = manager
+            async with manager.run():
+                yield
+
+    app = FastAPI(
+        title="toolgate",
+        version="0.1.0",
+        summary="MCP tool-retrieval gateway: admin API. MCP clients connect to /mcp.",
+        lifespan=lifespan,
+    )
+    app.router.routes.append(Route("/mcp", endpoint=_MCPEndpoint()))
+    app.router.routes.append(Route("/mcp/", endpoint=_MCPEndpoint()))
+    app.include_router(router)
+    install_error_handlers(app)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz(request: Request) -> JSONResponse:
+        """The database answers and the tool index is loaded."""
+        service = request.app.state.service
+        checks: dict[str, Any] = {}
+        try:
+            async with service.registry.session() as session:
+                await session.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:  # any failure means not ready; say which
+            checks["database"] = f"error: {type(exc).__name__}: {exc}"
+        checks["index"] = "ok" if service.catalog.ready else "loading"
+        checks["tools"] = len(service.catalog)
+        ready = checks["database"] == "ok" and checks["index"] == "ok"
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", **checks}, status_code=200 if ready else 503
+        )
+
+    return app

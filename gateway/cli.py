@@ -1,0 +1,174 @@
+"""The `toolgate` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from .settings import Settings, SettingsError, load_settings
+
+
+def _configure_logging(level: str) -> None:
+    # stderr only: on `toolgate stdio`, stdout carries the MCP protocol.
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _serve(settings: Settings) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower()
+    )
+    return 0
+
+
+def _stdio(settings: Settings) -> int:
+    from mcp.server.stdio import stdio_server
+
+    from .frontdoor import build_mcp_server
+    from .runtime import gateway_runtime
+
+    async def main() -> None:
+        async with gateway_runtime(settings) as service:
+            server = build_mcp_server(
+                service, default_limit=settings.find_limit_default, max_limit=settings.find_limit_max
+            )
+            async with stdio_server() as (read, write):
+                await server.run(read, write, server.create_initialization_options())
+
+    anyio.run(main)
+    return 0
+
+
+def _db_upgrade(settings: Settings) -> int:
+    from migrations.runner import upgrade
+
+    if not settings.database_url:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+    print(f"database is at the latest revision ({_redact(settings.resolved_database_url)})")
+    return 0
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a database URL before printing it."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _import(settings: Settings, path: Path) -> int:
+    from registry.importer import ImportFileError, parse_import_text
+
+    from .runtime import gateway_runtime
+
+    try:
+        specs = parse_import_text(path.read_bytes())
+    except OSError as exc:
+        print(f"toolgate import: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except ImportFileError as exc:
+        print(f"toolgate import: {path}: {exc}\nnothing was imported", file=sys.stderr)
+        return 2
+
+    async def main() -> dict[str, Any]:
+        async with gateway_runtime(settings, sync_on_start=False) as service:
+            outcome = await service.import_servers(specs)
+            return {
+                "created": outcome.result.created,
+                "updated": outcome.result.updated,
+                "unchanged": outcome.result.unchanged,
+                "syncs": [_report(r) for r in outcome.reports],
+            }
+
+    print(json.dumps(anyio.run(main), indent=2))
+    return 0
+
+
+def _sync(settings: Settings, name: str | None) -> int:
+    from .runtime import gateway_runtime
+
+    async def main() -> list[dict[str, Any]]:
+        async with gateway_runtime(settings, sync_on_start=False) as service:
+            if name is None:
+                return [_report(r) for r in await service.sync_all()]
+            server = await service.registry.find_server(name)
+            if server is None:
+                raise SystemExit(f"toolgate sync: no server named {name!r}")
+            return [_report(await service.sync_server(server.id))]
+
+    reports = anyio.run(main)
+    print(json.dumps(reports, indent=2))
+    return 0 if all(r["ok"] for r in reports) else 1
+
+
+def _report(report: Any) -> dict[str, Any]:
+    data = asdict(report)
+    data["duration_s"] = round(data["duration_s"], 3)
+    return data
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="toolgate", description="MCP tool-retrieval gateway")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve /mcp (streamable HTTP) and the admin API")
+    serve.add_argument("--host", help="bind address (TOOLGATE_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (TOOLGATE_PORT, default 8080)")
+    serve.add_argument("--demo", action="store_true", help="register the demo servers on start")
+
+    stdio = commands.add_parser("stdio", help="serve the MCP front door on stdin/stdout")
+    stdio.add_argument("--demo", action="store_true", help="register the demo servers on start")
+
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_commands.add_parser("upgrade", help="apply migrations up to the latest revision")
+
+    imp = commands.add_parser("import", help='import servers from an {"mcpServers": ...} file and sync them')
+    imp.add_argument("file", type=Path)
+
+    sync = commands.add_parser("sync", help="sync one server (by name) or all of them now")
+    sync.add_argument("server", nargs="?")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides: dict[str, Any] = {}
+    if getattr(args, "host", None):
+        overrides["host"] = args.host
+    if getattr(args, "port", None) is not None:
+        overrides["port"] = args.port
+    if getattr(args, "demo", False):
+        overrides["demo"] = True
+    try:
+        settings = load_settings(**overrides)
+    except SettingsError as exc:
+        print(f"toolgate: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(settings.log_level)
+    if args.command == "serve":
+        return _serve(settings)
+    if args.command == "stdio":
+        return _stdio(settings)
+    if args.command == "db":
+        return _db_upgrade(settings)
+    if args.command == "import":
+        return _import(settings, args.file)
+    return _sync(settings, args.server)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Forward a client's call to the upstream that owns the tool.
+
+Everything that goes wrong here is the model's business, not a protocol failure: it comes
+back as a tool result with `isError` and a message that says what to do next.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from functools import lru_cache
+from typing import Any
+
+import mcp_types as types
+from jsonschema import Draft202012Validator, SchemaError
+from jsonschema.exceptions import best_match
+
+from .catalog import Catalog, CatalogTool
+from .upstream import UpstreamError, UpstreamPool
+
+logger = logging.getLogger(__name__)
+
+
+def error_result(message: str) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(type="text", text=message)], is_error=True)
+
+
+@lru_cache(maxsize=4096)
+def _validator(definition_hash: str, schema_json: str) -> Draft202012Validator | None:
+    """Validators compiled once per definition (keyed by hash); None for unusable schemas."""
+    schema = json.loads(schema_json)
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError:
+        return None  # the upstream's schema is broken: let the upstream judge the arguments
+    return Draft202012Validator(schema)
+
+
+def validate_arguments(tool: CatalogTool, arguments: dict[str, Any]) -> str | None:
+    """None when the arguments fit the tool's input schema, else a message naming the violation."""
+    validator = _validator(tool.definition_hash, json.dumps(tool.input_schema, sort_keys=True))
+    if validator is None:
+        return None
+    error = best_match(validator.iter_errors(arguments))
+    if error is None:
+        return None
+    where = "/".join(str(p) for p in error.absolute_path) or "(arguments)"
+    return f"invalid arguments for {tool.exposed_name}: at {where}: {error.message}"
+
+
+class Forwarder:
+    def __init__(self, catalog: Catalog, pool: UpstreamPool) -> None:
+        self._catalog = catalog
+        self._pool = pool
+
+    async def call(self, name: str, arguments: dict[str, Any] | None) -> types.CallToolResult:
+        tool = self._catalog.get(name)
+        if tool is None:
+            suggestions = self._catalog.suggest(name)
+            hint = f" Did you mean: {', '.join(suggestions)}?" if suggestions else ""
+            return error_result(f"unknown tool {name!r}.{hint} Use find_tools to look tools up.")
+        spec = self._catalog.server_spec(tool.server)
+        if spec is None:  # catalog holds only servable tools; guard against a concurrent refresh
+            return error_result(f"tool {name!r} is not available right now")
+        arguments = arguments or {}
+        problem = validate_arguments(tool, arguments)
+        if problem is not None:
+            return error_result(problem)
+        try:
+            return await self._pool.call_tool(spec, tool.name, arguments)
+        except UpstreamError as exc:
+            logger.info("call to %s failed: %s", name, exc)
+            return error_result(str(exc))

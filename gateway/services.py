@@ -1,0 +1,117 @@
+"""The gateway's operations, shared by the admin REST API, the MCP front door and the CLI.
+
+Protocol layers translate to and from these calls and nothing more.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import mcp_types as types
+
+from registry.models import Server, Tool
+from registry.repository import ImportResult, Registry
+from registry.specs import ServerSpec
+from registry.sync import Synchronizer, SyncReport
+
+from .catalog import Catalog, SearchHit
+from .forwarder import Forwarder
+from .upstream import UpstreamPool
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportOutcome:
+    result: ImportResult
+    reports: list[SyncReport]
+
+
+class GatewayService:
+    """Registry, sync, catalog and forwarding wired together."""
+
+    def __init__(self, registry: Registry, pool: UpstreamPool, *, sync_concurrency: int = 8) -> None:
+        self.registry = registry
+        self.pool = pool
+        self.catalog = Catalog(registry)
+        self.forwarder = Forwarder(self.catalog, pool)
+        self.synchronizer = Synchronizer(
+            registry, pool, concurrency=sync_concurrency, on_change=self.catalog.refresh
+        )
+
+    # -- servers -------------------------------------------------------------------------------
+
+    async def register_server(self, spec: ServerSpec) -> tuple[Server, SyncReport | None]:
+        """Store the server, then sync it at once. A failing sync does not undo the
+        registration: the server keeps status `error` and its message until a sync succeeds."""
+        server = await self.registry.create_server(spec)
+        report = await self.synchronizer.sync_server(server.id) if server.enabled else None
+        return await self.registry.get_server(server.id), report
+
+    async def update_server(
+        self, server_id: int, changes: dict[str, Any]
+    ) -> tuple[Server, SyncReport | None]:
+        server, reconnect = await self.registry.update_server(server_id, changes)
+        report = None
+        if reconnect or "enabled" in changes:
+            await self.pool.close(server.name)
+        if server.enabled and (reconnect or changes.get("enabled") is True):
+            report = await self.synchronizer.sync_server(server.id)
+        await self.catalog.refresh()
+        return await self.registry.get_server(server_id), report
+
+    async def delete_server(self, server_id: int) -> Server:
+        server = await self.registry.delete_server(server_id)
+        await self.pool.close(server.name)
+        await self.catalog.refresh()
+        return server
+
+    async def import_servers(self, specs: Sequence[ServerSpec]) -> ImportOutcome:
+        """Create or update servers from an import; sync only the ones that changed."""
+        result = await self.registry.import_servers(specs)
+        reports: list[SyncReport] = []
+        limit = anyio.Semaphore(16)
+
+        async def sync(server_id: int) -> None:
+            async with limit:
+                server = await self.registry.get_server(server_id)
+                await self.pool.close(server.name)  # its connection details may have changed
+                if server.enabled:
+                    reports.append(await self.synchronizer.sync_server(server_id, notify=False))
+
+        async with anyio.create_task_group() as group:
+            for server_id in result.changed_ids:
+                group.start_soon(sync, server_id)
+        await self.catalog.refresh()
+        reports.sort(key=lambda r: r.server_id)
+        return ImportOutcome(result, reports)
+
+    async def sync_server(self, server_id: int) -> SyncReport:
+        return await self.synchronizer.sync_server(server_id)
+
+    async def sync_all(self) -> list[SyncReport]:
+        return await self.synchronizer.sync_all()
+
+    async def on_tools_changed(self, server_name: str) -> None:
+        """An upstream said its tool list changed: re-sync that server."""
+        server = await self.registry.find_server(server_name)
+        if server is not None and server.enabled:
+            logger.info("%s announced a tool list change; syncing", server_name)
+            await self.synchronizer.sync_server(server.id)
+
+    # -- tools ---------------------------------------------------------------------------------
+
+    async def set_tool_enabled(self, tool_id: int, enabled: bool) -> Tool:
+        tool = await self.registry.set_tool_enabled(tool_id, enabled)
+        await self.catalog.refresh()
+        return tool
+
+    def find_tools(self, query: str, limit: int, *, server: str | None = None) -> list[SearchHit]:
+        return self.catalog.search(query, limit, server=server)
+
+    async def call_tool(self, name: str, arguments: dict[str, Any] | None) -> types.CallToolResult:
+        return await self.forwarder.call(name, arguments)

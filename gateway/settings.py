@@ -1,0 +1,92 @@
+"""Gateway settings: one pydantic-settings class, built once at start, never read at import."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(Exception):
+    """Raised with a readable message when the environment holds a bad setting."""
+
+
+class Settings(BaseSettings):
+    """Every knob of the gateway. Environment prefix `TOOLGATE_`, plus the conventional
+    `DATABASE_URL`, `QDRANT_URL` and `REDIS_URL`."""
+
+    model_config = SettingsConfigDict(env_prefix="TOOLGATE_", extra="ignore", validate_default=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    data_dir: Path = Field(Path(".toolgate"), description="Where the embedded SQLite registry lives.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    database_url: str | None = Field(
+        None, validation_alias=AliasChoices("DATABASE_URL", "TOOLGATE_DATABASE_URL")
+    )
+    redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "TOOLGATE_REDIS_URL"))
+    qdrant_url: str | None = Field(None, validation_alias=AliasChoices("QDRANT_URL", "TOOLGATE_QDRANT_URL"))
+
+    demo: bool = Field(False, description="Register the demo servers on start.")
+    migrate_on_start: bool = True
+
+    sync_interval_s: float = Field(
+        300.0, ge=0, description="Periodic re-sync of every server; 0 turns it off."
+    )
+    sync_concurrency: int = Field(8, ge=1, le=256)
+    connect_timeout_s: float = Field(30.0, gt=0)
+    call_timeout_s: float = Field(60.0, gt=0)
+    upstream_concurrency: int = Field(16, ge=1, le=1024, description="In-flight calls per upstream server.")
+    upstream_idle_s: float = Field(
+        600.0, ge=0, description="Close upstream connections idle this long; 0 never."
+    )
+
+    find_limit_default: int = Field(5, ge=1, le=50)
+    find_limit_max: int = Field(50, ge=1, le=200)
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str | None) -> str | None:
+        """Accept the URLs people write (`postgresql://`, `sqlite:///`) and pick the async driver."""
+        if value is None or value == "":
+            return None
+        for plain, driver in (
+            ("postgres://", "postgresql+asyncpg://"),
+            ("postgresql://", "postgresql+asyncpg://"),
+            ("sqlite://", "sqlite+aiosqlite://"),
+        ):
+            if value.startswith(plain):
+                return driver + value[len(plain) :]
+        if value.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+            return value
+        raise ValueError("must be a postgresql:// or sqlite:/// URL")
+
+    @field_validator("host")
+    @classmethod
+    def _host_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The registry database: `DATABASE_URL` when set, else SQLite under `data_dir`."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'toolgate.db').resolve()}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment, turning validation errors into one clear message."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "settings"
+            env = f"TOOLGATE_{field.upper()}" if field != "database_url" else "DATABASE_URL"
+            lines.append(f"  {env}: {error['msg']} (got {error.get('input')!r})")
+        raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None

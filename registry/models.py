@@ -1,0 +1,83 @@
+"""SQLAlchemy models of the registry: upstream servers and the tools they expose."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# JSONB on PostgreSQL (indexable, compact), plain JSON text elsewhere.
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Transport(enum.StrEnum):
+    STDIO = "stdio"
+    HTTP = "http"  # streamable HTTP
+    SSE = "sse"  # legacy HTTP+SSE
+
+
+class ServerStatus(enum.StrEnum):
+    NEW = "new"  # registered, never synced
+    OK = "ok"  # last sync succeeded
+    ERROR = "error"  # last sync failed; last_error says why
+
+
+class Server(Base):
+    __tablename__ = "servers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    transport: Mapped[str] = mapped_column(String(16))
+    command: Mapped[str | None] = mapped_column(Text, default=None)
+    args: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    env: Mapped[dict[str, str]] = mapped_column(JSONType, default=dict)
+    cwd: Mapped[str | None] = mapped_column(Text, default=None)
+    url: Mapped[str | None] = mapped_column(Text, default=None)
+    headers: Mapped[dict[str, str]] = mapped_column(JSONType, default=dict)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    status: Mapped[str] = mapped_column(String(16), default=ServerStatus.NEW.value)
+    last_sync_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    tools: Mapped[list[Tool]] = relationship(
+        back_populates="server", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Tool(Base):
+    __tablename__ = "tools"
+    __table_args__ = (
+        UniqueConstraint("server_id", "name", name="uq_tools_server_name"),
+        Index("ix_tools_server_id", "server_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    server_id: Mapped[int] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(256))  # the upstream's own name
+    exposed_name: Mapped[str] = mapped_column(String(64), unique=True)  # what clients see
+    title: Mapped[str | None] = mapped_column(Text, default=None)
+    description: Mapped[str] = mapped_column(Text, default="")
+    input_schema: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    output_schema: Mapped[dict[str, Any] | None] = mapped_column(JSONType, default=None)
+    annotations: Mapped[dict[str, Any] | None] = mapped_column(JSONType, default=None)
+    definition_hash: Mapped[str] = mapped_column(String(64))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    server: Mapped[Server] = relationship(back_populates="tools")
