@@ -1,0 +1,71 @@
+"""Helpers for tests: skipping rules, free ports, bounded waits, process accounting."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+PYTHON = sys.executable
+NODE_BIN = ROOT / "node_modules" / ".bin"
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip when a service or tool is missing on a developer machine; fail in CI, where a
+    missing service is a broken environment, never a reason to pass."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"required in CI: {reason}")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def node_command(name: str) -> str:
+    """Path of an npm-installed command (see package.json), or skip/fail."""
+    path = NODE_BIN / name
+    require(path.exists() and shutil.which("node") is not None, f"{name} is not installed (run `npm ci`)")
+    return str(path)
+
+
+def console_script(name: str) -> str:
+    """A console script installed next to the test interpreter (e.g. mcp-server-time)."""
+    path = Path(PYTHON).parent / name
+    found = str(path) if path.exists() else shutil.which(name)
+    require(found is not None, f"{name} is not installed")
+    assert found is not None
+    return found
+
+
+def children_of(pid: int) -> set[int]:
+    """Live descendant process ids of `pid` (Linux /proc), to prove nothing is left behind."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] == "Z":  # zombies are gone, just not yet reaped
+            continue
+        parents[int(entry.name)] = int(fields[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found

@@ -1,0 +1,167 @@
+"""The registry against real SQLite and PostgreSQL: CRUD, sync diffs, import, migrations."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import inspect
+
+from registry.db import create_engine, create_sessionmaker
+from registry.errors import DuplicateError, InvalidSpecError, NotFoundError
+from registry.importer import parse_import_document
+from registry.models import Base
+from registry.repository import Registry
+from registry.specs import ServerSpec, UpstreamTool
+
+
+@pytest.fixture
+async def registry(database_url: str) -> AsyncIterator[Registry]:
+    engine = create_engine(database_url)
+    try:
+        yield Registry(create_sessionmaker(engine))
+    finally:
+        await engine.dispose()
+
+
+def _stdio(name: str, **extra: object) -> ServerSpec:
+    return ServerSpec.model_validate({"name": name, "command": "python", "args": ["-m", "x"], **extra})
+
+
+def _tool(name: str, description: str = "does a thing", **extra: object) -> UpstreamTool:
+    return UpstreamTool(name=name, description=description, input_schema={"type": "object"}, **extra)  # type: ignore[arg-type]
+
+
+async def test_migrations_match_models(database_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+
+            def diff(sync_connection: object) -> list[object]:
+                context = MigrationContext.configure(sync_connection)  # type: ignore[arg-type]
+                return list(compare_metadata(context, Base.metadata))
+
+            assert await connection.run_sync(diff) == []
+            tables = await connection.run_sync(lambda c: inspect(c).get_table_names())
+            assert {"servers", "tools", "alembic_version"} <= set(tables)
+    finally:
+        await engine.dispose()
+
+
+async def test_server_crud_and_errors(registry: Registry) -> None:
+    created = await registry.create_server(_stdio("alpha", env={"TOKEN": "s3cret"}))
+    assert created.id > 0
+    assert created.status == "new"
+    assert created.created_at.tzinfo is not None
+
+    with pytest.raises(DuplicateError, match="alpha"):
+        await registry.create_server(_stdio("alpha"))
+    assert [s.name for s in await registry.list_servers()] == ["alpha"]
+
+    server, reconnect = await registry.update_server(created.id, {"description": "first"})
+    assert server.description == "first"
+    assert reconnect is False
+    server, reconnect = await registry.update_server(created.id, {"args": ["-m", "y"]})
+    assert reconnect is True
+
+    with pytest.raises(InvalidSpecError, match="url"):
+        await registry.update_server(created.id, {"transport": "http"})
+    with pytest.raises(InvalidSpecError, match="renamed"):
+        await registry.update_server(created.id, {"name": "beta"})
+    assert (await registry.get_server(created.id)).transport == "stdio"
+
+    with pytest.raises(NotFoundError):
+        await registry.get_server(9999)
+    await registry.delete_server(created.id)
+    with pytest.raises(NotFoundError):
+        await registry.delete_server(created.id)
+
+
+async def test_apply_tool_list_diffs_by_hash(registry: Registry) -> None:
+    server = await registry.create_server(_stdio("files"))
+    diff = await registry.apply_tool_list(server.id, [_tool("read"), _tool("write"), _tool("read.v2")])
+    assert (diff.created, diff.updated, diff.deleted, diff.unchanged) == (3, 0, 0, 0)
+    page = await registry.list_tools(server_id=server.id)
+    names = {t.name: t for t in page.tools}
+    assert names["read"].exposed_name == "files__read"
+    assert names["read.v2"].exposed_name.startswith("files__read_v2-")  # lossy name gets a hash
+    first_hash = names["write"].definition_hash
+
+    again = await registry.apply_tool_list(server.id, [_tool("read"), _tool("write"), _tool("read.v2")])
+    assert (again.created, again.updated, again.deleted, again.unchanged) == (0, 0, 0, 3)
+
+    changed = await registry.apply_tool_list(server.id, [_tool("read"), _tool("write", "writes files now")])
+    assert (changed.created, changed.updated, changed.deleted, changed.unchanged) == (0, 1, 1, 1)
+    page = await registry.list_tools(server_id=server.id)
+    write = next(t for t in page.tools if t.name == "write")
+    assert write.definition_hash != first_hash
+    assert write.description == "writes files now"
+    assert page.total == 2
+    status = await registry.get_server(server.id)
+    assert status.status == "ok"
+    assert status.last_sync_at is not None
+
+
+async def test_duplicate_upstream_names_keep_the_first(registry: Registry) -> None:
+    server = await registry.create_server(_stdio("dups"))
+    diff = await registry.apply_tool_list(server.id, [_tool("same", "first"), _tool("same", "second")])
+    assert diff.created == 1
+    page = await registry.list_tools(server_id=server.id)
+    assert [t.description for t in page.tools] == ["first"]
+
+
+async def test_disabled_tools_and_servers_leave_the_servable_set(registry: Registry) -> None:
+    a = await registry.create_server(_stdio("a"))
+    b = await registry.create_server(_stdio("b"))
+    await registry.apply_tool_list(a.id, [_tool("one"), _tool("two")])
+    await registry.apply_tool_list(b.id, [_tool("three")])
+    assert {t.exposed_name for t in await registry.servable_tools()} == {"a__one", "a__two", "b__three"}
+
+    one = next(t for t in (await registry.list_tools(server_id=a.id)).tools if t.name == "one")
+    await registry.set_tool_enabled(one.id, False)
+    await registry.update_server(b.id, {"enabled": False})
+    assert {t.exposed_name for t in await registry.servable_tools()} == {"a__two"}
+    assert (await registry.list_tools(enabled=False)).total == 1
+    assert (await registry.list_tools(query="TWO")).total == 1
+
+
+async def test_delete_server_cascades_to_tools(registry: Registry) -> None:
+    server = await registry.create_server(_stdio("gone"))
+    await registry.apply_tool_list(server.id, [_tool("x"), _tool("y")])
+    await registry.delete_server(server.id)
+    assert (await registry.list_tools()).total == 0
+
+
+async def test_record_sync_error(registry: Registry) -> None:
+    server = await registry.create_server(_stdio("flaky"))
+    await registry.record_sync(server.id, error="ConnectError: refused")
+    stored = await registry.get_server(server.id)
+    assert (stored.status, stored.last_error) == ("error", "ConnectError: refused")
+
+
+async def test_import_is_idempotent_and_updates_changes(registry: Registry) -> None:
+    document = {
+        "mcpServers": {
+            "time": {"command": "mcp-server-time", "args": ["--local-timezone", "UTC"]},
+            "remote api": {"url": "https://example.com/mcp", "headers": {"Authorization": "Bearer x"}},
+        }
+    }
+    first = await registry.import_servers(parse_import_document(document))
+    assert sorted(first.created) == ["remote_api", "time"]
+    assert len(first.changed_ids) == 2
+    second = await registry.import_servers(parse_import_document(document))
+    assert (second.created, second.updated, sorted(second.unchanged)) == ([], [], ["remote_api", "time"])
+    assert second.changed_ids == []
+
+    document["mcpServers"]["time"]["args"] = ["--local-timezone", "Europe/Paris"]
+    third = await registry.import_servers(parse_import_document(document))
+    assert third.updated == ["time"]
+    stored = await registry.find_server("time")
+    assert stored is not None
+    assert stored.args == ["--local-timezone", "Europe/Paris"]
+    remote = await registry.find_server("remote_api")
+    assert remote is not None
+    assert (remote.transport, remote.headers) == ("http", {"Authorization": "Bearer x"})
