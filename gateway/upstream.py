@@ -139,6 +139,7 @@ class UpstreamPool:
         self._connections: dict[str, _Connection] = {}
         self._opening: dict[str, anyio.Lock] = {}
         self._group: TaskGroup | None = None
+        self._changes_pending: set[str] = set()
 
     async def __aenter__(self) -> Self:
         self._group = anyio.create_task_group()
@@ -313,9 +314,20 @@ class UpstreamPool:
         return handle
 
     async def _tools_changed(self, name: str) -> None:
-        if self._on_tools_changed is not None and self._group is not None:
-            # Never sync inside the session's receive loop: the sync itself talks to this session.
-            self._group.start_soon(self._on_tools_changed, name)
+        # Never sync inside the session's receive loop: the sync itself talks to this session.
+        # A burst of notifications (the SDK may deliver one on two paths) becomes one sync.
+        if self._on_tools_changed is None or self._group is None or name in self._changes_pending:
+            return
+        self._changes_pending.add(name)
+        self._group.start_soon(self._run_tools_changed, self._on_tools_changed, name)
+
+    async def _run_tools_changed(self, callback: ToolsChanged, name: str) -> None:
+        await anyio.sleep(0.05)  # let the rest of the burst arrive and coalesce
+        self._changes_pending.discard(name)
+        try:
+            await callback(name)
+        except Exception:  # a failed re-sync must not take the pool down; the next sync retries
+            logger.exception("re-sync of %s after list_changed failed", name)
 
     async def _reap_idle(self) -> None:
         interval = max(1.0, min(60.0, self._idle_timeout / 4))

@@ -104,7 +104,7 @@ class Registry:
     async def tool_counts(self) -> dict[int, int]:
         async with self._sessions() as session:
             rows = await session.execute(select(Tool.server_id, func.count()).group_by(Tool.server_id))
-            return {server_id: count for server_id, count in rows.tuples()}
+            return {server_id: count for server_id, count in rows.all()}
 
     async def update_server(self, server_id: int, changes: dict[str, Any]) -> tuple[Server, bool]:
         """Apply `changes` (spec fields) after validating the merged spec. Returns the server and

@@ -12,6 +12,14 @@ import pytest
 
 from tests.support import require
 
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """Async tests (marked `anyio`) run on asyncio. AnyIO's runner, unlike pytest-asyncio's, sets
+    up and tears down a fixture in one task, which the MCP SDK's cancel scopes require."""
+    return "asyncio"
+
+
 PG_ADMIN_URL = os.environ.get("TOOLGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 

@@ -69,3 +69,49 @@ def children_of(pid: int) -> set[int]:
         frontier = {child for child, parent in parents.items() if parent in frontier} - found
         found |= frontier
     return found
+
+
+class ServerProcess:
+    """A test server started as a real subprocess that prints `READY <port>` when listening."""
+
+    def __init__(self, args: list[str], *, env: dict[str, str] | None = None, timeout: float = 30.0) -> None:
+        import subprocess
+        import threading
+
+        self.process = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+        )
+        ready = threading.Event()
+        found: list[int] = []
+
+        def read() -> None:
+            assert self.process.stdout is not None
+            for line in self.process.stdout:
+                if line.startswith("READY "):
+                    found.append(int(line.split()[1]))
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not ready.wait(timeout) or not found:
+            self.stop()
+            raise RuntimeError(f"{args} did not print READY within {timeout}s")
+        self.port = found[0]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except Exception:
+                self.process.kill()
+                self.process.wait(5)

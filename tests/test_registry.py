@@ -14,6 +14,8 @@ from registry.models import Base
 from registry.repository import Registry
 from registry.specs import ServerSpec, UpstreamTool
 
+pytestmark = pytest.mark.anyio
+
 
 @pytest.fixture
 async def registry(database_url: str) -> AsyncIterator[Registry]:
