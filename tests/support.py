@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,13 @@ class ServerProcess:
             except Exception:
                 self.process.kill()
                 self.process.wait(5)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 15.0, interval: float = 0.05) -> None:  # noqa: ASYNC109
+    """Poll `predicate` until it holds; fail after `timeout`. For state owned by another process
+    or task that offers no event to wait on."""
+    import anyio
+
+    with anyio.fail_after(timeout):
+        while not predicate():  # noqa: ASYNC110 - nothing to subscribe to; bounded by fail_after
+            await anyio.sleep(interval)

@@ -7,14 +7,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import pytest
 
 from gateway.app import create_app
 from gateway.services import GatewayService
 from gateway.settings import Settings
-from tests.support import PYTHON, ROOT, children_of
+from tests.support import PYTHON, ROOT, children_of, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -88,7 +87,7 @@ async def test_bad_input_statuses(gateway: Gateway) -> None:
     assert "url" in missing.text
     bad_type = await gateway.http.post("/admin/servers", json={**echo_body("y"), "args": "nope"})
     assert bad_type.status_code == 422
-    assert ["body", "args"] == bad_type.json()["detail"][0]["loc"]
+    assert bad_type.json()["detail"][0]["loc"] == ["body", "args"]
     bad_name = await gateway.http.post("/admin/servers", json=echo_body("has space"))
     assert bad_name.status_code == 422
 
@@ -196,8 +195,6 @@ async def test_list_changed_triggers_a_resync(gateway: Gateway) -> None:
     await gateway.http.post("/admin/servers", json=echo_body())
     assert gateway.service.catalog.get("echo__surprise") is None
     await gateway.service.call_tool("echo__toggle_tool", {})
-    with anyio.fail_after(15):
-        while gateway.service.catalog.get("echo__surprise") is None:
-            await anyio.sleep(0.05)
+    await wait_until(lambda: gateway.service.catalog.get("echo__surprise") is not None)
     tools = (await gateway.http.get("/admin/tools", params={"q": "echo__surprise"})).json()
     assert tools["total"] == 1

@@ -87,10 +87,10 @@ def test_import_reports_every_problem_at_once() -> None:
             }
         )
     text = "\n".join(caught.value.problems)
-    assert "'no-command'" in text and "command" in text
+    assert "'no-command': Value error, a stdio server needs 'command'" in text
     assert "'bad-args'.args" in text
     assert "carrier-pigeon" in text
-    assert "'a b'" in text and "same as" in text
+    assert "'a b': its name becomes 'a_b', the same as 'a.b'" in text
     assert "'good'" not in text
 
 
