@@ -1,0 +1,266 @@
+"""End to end: a real `toolgate` process, real third-party MCP servers (PyPI and npm), and real
+MCP clients (the SDK's `Client` over streamable HTTP and stdio, and the MCP Inspector CLI)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from mcp import Client, StdioServerParameters
+
+from tests.support import PYTHON, ROOT, children_of, console_script, free_port, node_command
+
+pytestmark = pytest.mark.e2e
+TOOLGATE = str(Path(PYTHON).parent / "toolgate")
+
+
+class RunningGateway:
+    def __init__(self, data_dir: Path) -> None:
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "TOOLGATE_DATA_DIR": str(data_dir),
+            "TOOLGATE_SYNC_INTERVAL_S": "0",
+            "TOOLGATE_LOG_LEVEL": "WARNING",
+        }
+        self.env.pop("DATABASE_URL", None)
+        self.process = subprocess.Popen(
+            [TOOLGATE, "serve", "--port", str(self.port)],
+            cwd=ROOT,
+            env=self.env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.http = httpx.Client(base_url=self.base, timeout=60)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 60) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"gateway exited: {self.process.stderr.read() if self.process.stderr else ''}"
+                )
+            try:
+                if self.http.get("/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("gateway did not become ready")
+
+    @property
+    def mcp_url(self) -> str:
+        return f"{self.base}/mcp"
+
+    def register(self, body: dict[str, Any]) -> dict[str, Any]:
+        response = self.http.post("/admin/servers", json=body)
+        assert response.status_code == 201, response.text
+        data: dict[str, Any] = response.json()
+        assert data["status"] == "ok", data["last_error"]
+        return data
+
+    def stop(self) -> set[int]:
+        """SIGTERM, wait, and return the upstream processes that outlived the gateway."""
+        upstreams = children_of(self.process.pid)
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(30)
+        self.http.close()
+        alive = set()
+        for pid in upstreams:
+            try:
+                os.kill(pid, 0)
+                alive.add(pid)
+            except ProcessLookupError:
+                pass
+        return alive
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    running = RunningGateway(tmp_path_factory.mktemp("gateway"))
+    running.register(
+        {"name": "time", "command": console_script("mcp-server-time"), "args": ["--local-timezone", "UTC"]}
+    )
+    running.register(
+        {"name": "everything", "command": node_command("mcp-server-everything"), "args": ["stdio"]}
+    )
+    running.register(
+        {"name": "echo", "command": PYTHON, "args": ["-m", "tests.servers.echo_server"], "cwd": str(ROOT)}
+    )
+    yield running
+    leftovers = running.stop()
+    assert not leftovers, f"upstream processes outlived the gateway: {leftovers}"
+
+
+def _text(result: Any) -> str:
+    return "".join(getattr(block, "text", "") for block in result.content)
+
+
+async def _find(client: Client, query: str, limit: int = 5) -> list[str]:
+    result = await client.call_tool("find_tools", {"query": query, "limit": limit})
+    assert not result.is_error, _text(result)
+    assert result.structured_content is not None
+    return [card["name"] for card in result.structured_content["tools"]]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["auto", "legacy"])  # 2026-07-28 (no sessions) and 2025-11-25 (sessions)
+async def test_find_and_call_over_streamable_http(gateway: RunningGateway, mode: str) -> None:
+    async with Client(gateway.mcp_url, mode=mode) as client:  # type: ignore[arg-type]
+        listed = await client.list_tools()
+        assert [t.name for t in listed.tools] == ["find_tools", "call_tool"]
+
+        assert "time__get_current_time" in await _find(client, "what is the current time in a timezone")
+        result = await client.call_tool(
+            "call_tool", {"name": "time__get_current_time", "arguments": {"timezone": "Asia/Tokyo"}}
+        )
+        assert not result.is_error
+        assert result.structured_content is not None
+        assert result.structured_content["timezone"] == "Asia/Tokyo"
+
+        assert "everything__echo" in await _find(client, "echo back the input string")
+        echoed = await client.call_tool(
+            "call_tool", {"name": "everything__echo", "arguments": {"message": "hi"}}
+        )
+        assert _text(echoed) == "Echo: hi"
+        summed = await client.call_tool(
+            "call_tool", {"name": "everything__get-sum", "arguments": {"a": 2, "b": 3}}
+        )
+        assert "5" in _text(summed)
+
+
+@pytest.mark.anyio
+async def test_faults_through_the_gateway_leave_it_serving(gateway: RunningGateway) -> None:
+    async with Client(gateway.mcp_url) as client:
+        crashed = await client.call_tool("call_tool", {"name": "echo__crash", "arguments": {}})
+        assert crashed.is_error
+        wrong = await client.call_tool("call_tool", {"name": "echo__add", "arguments": {"a": "x", "b": 1}})
+        assert wrong.is_error
+        assert "invalid arguments" in _text(wrong)
+        unknown = await client.call_tool("call_tool", {"name": "time__get_time", "arguments": {}})
+        assert unknown.is_error
+        assert "time__get_current_time" in _text(unknown)
+        missing = await client.call_tool("call_tool", {"arguments": {}})
+        assert missing.is_error
+        bad_limit = await client.call_tool("find_tools", {"query": "time", "limit": 0})
+        assert bad_limit.is_error
+        restarted = await client.call_tool("call_tool", {"name": "echo__echo", "arguments": {"text": "back"}})
+        assert _text(restarted) == "back"
+        other = await client.call_tool(
+            "call_tool", {"name": "everything__echo", "arguments": {"message": "ok"}}
+        )
+        assert _text(other) == "Echo: ok"
+
+
+def test_mcp_inspector_cli_lists_and_calls(gateway: RunningGateway) -> None:
+    node_command("mcp-inspector")
+    base = [
+        "npx",
+        "--no-install",
+        "@modelcontextprotocol/inspector",
+        "--cli",
+        gateway.mcp_url,
+        "--transport",
+        "http",
+    ]
+
+    listed = subprocess.run(
+        [*base, "--method", "tools/list"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert [t["name"] for t in json.loads(listed.stdout)["tools"]] == ["find_tools", "call_tool"]
+
+    called = subprocess.run(
+        [*base, "--method", "tools/call", "--tool-name", "call_tool", "--tool-arg", "name=everything__echo",
+         "--tool-arg", 'arguments={"message": "from the inspector"}'],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert called.returncode == 0, called.stderr
+    assert "Echo: from the inspector" in called.stdout
+
+
+@pytest.mark.anyio
+async def test_stdio_front_door_after_cli_import(tmp_path: Path) -> None:
+    data_dir = tmp_path / "stdio-data"
+    config = tmp_path / "claude_desktop_config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "mcpServers": {
+                    "time": {
+                        "command": console_script("mcp-server-time"),
+                        "args": ["--local-timezone", "UTC"],
+                    },
+                    "everything": {"command": node_command("mcp-server-everything"), "args": ["stdio"]},
+                }
+            }
+        )
+    )
+    env = {**os.environ, "TOOLGATE_DATA_DIR": str(data_dir), "TOOLGATE_SYNC_INTERVAL_S": "0"}
+    env.pop("DATABASE_URL", None)
+    first = subprocess.run(
+        [TOOLGATE, "import", str(config)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert first.returncode == 0, first.stderr
+    assert sorted(json.loads(first.stdout)["created"]) == ["everything", "time"]
+    second = subprocess.run(
+        [TOOLGATE, "import", str(config)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert json.loads(second.stdout)["created"] == []
+    assert sorted(json.loads(second.stdout)["unchanged"]) == ["everything", "time"]
+
+    params = StdioServerParameters(command=TOOLGATE, args=["stdio"], env=env, cwd=str(ROOT))
+    with anyio.fail_after(120):
+        async with Client(params) as client:
+            assert "time__convert_time" in await _find(client, "convert a time between two timezones")
+            result = await client.call_tool(
+                "call_tool", {"name": "everything__echo", "arguments": {"message": "over stdio"}}
+            )
+            assert _text(result) == "Echo: over stdio"
+
+
+def test_cli_rejects_bad_files_and_settings(tmp_path: Path) -> None:
+    env = {**os.environ, "TOOLGATE_DATA_DIR": str(tmp_path / "d")}
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"mcpServers": {"x": {"args": 1}}}')
+    result = subprocess.run(
+        [TOOLGATE, "import", str(bad)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "nothing was imported" in result.stderr
+    assert "Traceback" not in result.stderr
+    missing = subprocess.run(
+        [TOOLGATE, "import", str(tmp_path / "nope.json")], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert missing.returncode == 2
+    assert "cannot read" in missing.stderr
+    settings = subprocess.run(
+        [TOOLGATE, "serve"],
+        env={**env, "TOOLGATE_PORT": "eighty"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert settings.returncode == 2
+    assert "TOOLGATE_PORT" in settings.stderr
+    assert "Traceback" not in settings.stderr
+
+
+def test_db_upgrade_command(tmp_path: Path) -> None:
+    env = {**os.environ, "TOOLGATE_DATA_DIR": str(tmp_path / "d")}
+    env.pop("DATABASE_URL", None)
+    result = subprocess.run([TOOLGATE, "db", "upgrade"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "d" / "toolgate.db").exists()
