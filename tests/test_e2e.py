@@ -191,9 +191,9 @@ def test_mcp_inspector_cli_lists_and_calls(gateway: RunningGateway) -> None:
     assert "Echo: from the inspector" in called.stdout
 
 
-@pytest.mark.anyio
-async def test_stdio_front_door_after_cli_import(tmp_path: Path) -> None:
-    data_dir = tmp_path / "stdio-data"
+@pytest.fixture
+def imported_env(tmp_path: Path) -> dict[str, str]:
+    """A data dir populated by `toolgate import` (run twice: the second changes nothing)."""
     config = tmp_path / "claude_desktop_config.json"
     config.write_text(
         json.dumps(
@@ -208,7 +208,7 @@ async def test_stdio_front_door_after_cli_import(tmp_path: Path) -> None:
             }
         )
     )
-    env = {**os.environ, "TOOLGATE_DATA_DIR": str(data_dir), "TOOLGATE_SYNC_INTERVAL_S": "0"}
+    env = {**os.environ, "TOOLGATE_DATA_DIR": str(tmp_path / "stdio-data"), "TOOLGATE_SYNC_INTERVAL_S": "0"}
     env.pop("DATABASE_URL", None)
     first = subprocess.run(
         [TOOLGATE, "import", str(config)], env=env, capture_output=True, text=True, timeout=120
@@ -220,8 +220,12 @@ async def test_stdio_front_door_after_cli_import(tmp_path: Path) -> None:
     )
     assert json.loads(second.stdout)["created"] == []
     assert sorted(json.loads(second.stdout)["unchanged"]) == ["everything", "time"]
+    return env
 
-    params = StdioServerParameters(command=TOOLGATE, args=["stdio"], env=env, cwd=str(ROOT))
+
+@pytest.mark.anyio
+async def test_stdio_front_door_after_cli_import(imported_env: dict[str, str]) -> None:
+    params = StdioServerParameters(command=TOOLGATE, args=["stdio"], env=imported_env, cwd=str(ROOT))
     with anyio.fail_after(120):
         async with Client(params) as client:
             assert "time__convert_time" in await _find(client, "convert a time between two timezones")
