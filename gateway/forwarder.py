@@ -6,9 +6,7 @@ back as a tool result with `isError` and a message that says what to do next.
 
 from __future__ import annotations
 
-import json
 import logging
-from functools import lru_cache
 from typing import Any
 
 import mcp_types as types
@@ -25,20 +23,28 @@ def error_result(message: str) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(type="text", text=message)], is_error=True)
 
 
-@lru_cache(maxsize=4096)
-def _validator(definition_hash: str, schema_json: str) -> Draft202012Validator | None:
-    """Validators compiled once per definition (keyed by hash); None for unusable schemas."""
-    schema = json.loads(schema_json)
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError:
-        return None  # the upstream's schema is broken: let the upstream judge the arguments
-    return Draft202012Validator(schema)
+_UNUSABLE = object()  # marks a schema that is itself invalid
+_validators: dict[str, Any] = {}  # definition hash -> compiled validator (or _UNUSABLE)
+
+
+def _validator(tool: CatalogTool) -> Draft202012Validator | None:
+    """Validators compiled once per tool definition, keyed by its hash."""
+    cached = _validators.get(tool.definition_hash)
+    if cached is None:
+        try:
+            Draft202012Validator.check_schema(tool.input_schema)
+            cached = Draft202012Validator(tool.input_schema)
+        except SchemaError:
+            cached = _UNUSABLE  # the upstream's schema is broken: let the upstream judge the arguments
+        if len(_validators) > 50_000:  # bound memory on huge, churning catalogs
+            _validators.clear()
+        _validators[tool.definition_hash] = cached
+    return None if cached is _UNUSABLE else cached
 
 
 def validate_arguments(tool: CatalogTool, arguments: dict[str, Any]) -> str | None:
     """None when the arguments fit the tool's input schema, else a message naming the violation."""
-    validator = _validator(tool.definition_hash, json.dumps(tool.input_schema, sort_keys=True))
+    validator = _validator(tool)
     if validator is None:
         return None
     error = best_match(validator.iter_errors(arguments))
