@@ -27,19 +27,40 @@ _UNUSABLE = object()  # marks a schema that is itself invalid
 _validators: dict[str, Any] = {}  # definition hash -> compiled validator (or _UNUSABLE)
 
 
-def _validator(tool: CatalogTool) -> Draft202012Validator | None:
-    """Validators compiled once per tool definition, keyed by its hash."""
-    cached = _validators.get(tool.definition_hash)
+def _validator(tool: CatalogTool, *, output: bool = False) -> Draft202012Validator | None:
+    """Validators compiled once per tool definition (keyed by its hash) and direction."""
+    key = ("out:" if output else "in:") + tool.definition_hash
+    cached = _validators.get(key)
     if cached is None:
+        schema = tool.output_schema if output else tool.input_schema
         try:
-            Draft202012Validator.check_schema(tool.input_schema)
-            cached = Draft202012Validator(tool.input_schema)
+            Draft202012Validator.check_schema(schema)
+            cached = Draft202012Validator(schema)
         except SchemaError:
             cached = _UNUSABLE  # the upstream's schema is broken: let the upstream judge the arguments
         if len(_validators) > 50_000:  # bound memory on huge, churning catalogs
             _validators.clear()
-        _validators[tool.definition_hash] = cached
+        _validators[key] = cached
     return None if cached is _UNUSABLE else cached
+
+
+def check_output(tool: CatalogTool, result: types.CallToolResult) -> str | None:
+    """With an `outputSchema`, a successful result must carry conforming structured content.
+    The SDK client checks only tools it saw on the first listing page, so we check here."""
+    if tool.output_schema is None or result.is_error:
+        return None
+    if result.structured_content is None:
+        return f"{tool.exposed_name} returned no structured content although it declares an output schema"
+    validator = _validator(tool, output=True)
+    if validator is None:
+        return None
+    error = best_match(validator.iter_errors(result.structured_content))
+    if error is None:
+        return None
+    where = "/".join(str(p) for p in error.absolute_path) or "(result)"
+    return (
+        f"{tool.exposed_name} returned output that breaks its own output schema: at {where}: {error.message}"
+    )
 
 
 def validate_arguments(tool: CatalogTool, arguments: dict[str, Any]) -> str | None:
@@ -73,7 +94,9 @@ class Forwarder:
         if problem is not None:
             return error_result(problem)
         try:
-            return await self._pool.call_tool(spec, tool.name, arguments)
+            result = await self._pool.call_tool(spec, tool.name, arguments)
         except UpstreamError as exc:
             logger.info("call to %s failed: %s", name, exc)
             return error_result(str(exc))
+        problem = check_output(tool, result)
+        return error_result(problem) if problem is not None else result

@@ -158,3 +158,30 @@ async def test_changed_connection_details_reconnect(pool: UpstreamPool) -> None:
     second = await _pid(pool, stdio_spec("cfg", "--extra-tools", "1"))
     assert first != second
     assert pool.stats()["connections"] == 1
+
+
+@pytest.mark.parametrize("mode", ["stdio", "http"])
+async def test_crash_over_http_too(pool: UpstreamPool, mode: str) -> None:
+    server = ServerProcess([PYTHON, "-m", "tests.servers.echo_server", "--transport", "http", "--port", "0"])
+    try:
+        spec = stdio_spec("c2") if mode == "stdio" else ServerSpec(name="c2", transport="http", url=server.url)
+        await _pid(pool, spec)
+        with anyio.fail_after(20), pytest.raises(UpstreamError):
+            await pool.call_tool(spec, "crash", {})
+        # The pool survives: another server still answers, and the dead one is not reused.
+        other = await pool.call_tool(stdio_spec("other"), "echo", {"text": "alive"})
+        assert other.content[0].text == "alive"  # type: ignore[union-attr]
+        if mode == "http":
+            with anyio.fail_after(20), pytest.raises(UpstreamError, match="cannot connect"):
+                await pool.call_tool(spec, "echo", {"text": "x"})
+    finally:
+        server.stop()
+
+
+async def test_hanging_handshake_is_bounded_by_the_connect_timeout() -> None:
+    spec = ServerSpec(name="garbage", command=PYTHON, args=["-m", "tests.servers.garbage_server"], cwd=str(ROOT))
+    async with UpstreamPool(connect_timeout=1.5, idle_timeout=0) as pool:
+        started = anyio.current_time()
+        with pytest.raises(UpstreamError, match="cannot connect"):
+            await pool.list_tools(spec)
+        assert anyio.current_time() - started < 8  # not the SDK's fixed 10 s discovery probe
