@@ -198,3 +198,24 @@ async def test_list_changed_triggers_a_resync(gateway: Gateway) -> None:
     await wait_until(lambda: gateway.service.catalog.get("echo__surprise") is not None)
     tools = (await gateway.http.get("/admin/tools", params={"q": "echo__surprise"})).json()
     assert tools["total"] == 1
+
+
+async def test_register_sync_call_on_each_database(database_url: str, tmp_path: Path) -> None:
+    """The whole registry path on SQLite and on PostgreSQL, through a real gateway app."""
+    settings = Settings(data_dir=tmp_path / "d", database_url=database_url, sync_interval_s=0)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            created = await client.post("/admin/servers", json=echo_body())
+            assert created.status_code == 201
+            assert created.json()["status"] == "ok"
+            assert (await client.post("/admin/servers", json=echo_body())).status_code == 409
+            result = await app.state.service.call_tool("echo__add", {"a": 20, "b": 22})
+            assert result.structured_content == {"sum": 42}
+            ready = (await client.get("/readyz")).json()
+            assert ready["database"] == "ok"
+    # A second start over the same database sees the registry as it was left.
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        assert app.state.service.catalog.get("echo__add") is not None
