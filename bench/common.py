@@ -107,3 +107,16 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def shared_data() -> Path:
+    """The benchmark data folder (`../shared/data` beside the checkout, or TOOLGATE_SHARED_DATA)."""
+    candidates = [
+        os.environ.get("TOOLGATE_SHARED_DATA"),
+        ROOT.parent / "shared" / "data",
+        "/work/shared/data",
+    ]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "README.md").exists():
+            return Path(candidate)
+    raise SystemExit("the shared benchmark data is not here: set TOOLGATE_SHARED_DATA")

@@ -1,6 +1,6 @@
 """One process serving N virtual MCP servers over streamable HTTP, for benchmarks and scale tests.
 
-    python bench/multihost.py --servers 2000 [--port 0] [--data PATH] [--stateless]
+    python -m bench.multihost --servers 2000 [--port 0] [--data PATH] [--stateless]
                               [--change-fraction F --seed S]
 
 Virtual server i answers at ``http://127.0.0.1:<port>/s/<i>/mcp``. Its tools are the i-th
@@ -52,7 +52,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-DEFAULT_DATA = Path("/work/shared/data/toolsdk/tools.jsonl")
+from bench.common import shared_data
+
+DEFAULT_DATA = shared_data() / "toolsdk" / "tools.jsonl"
 MAX_SYNTHESIZED_PARAMS = 8
 JSON_TYPES = frozenset({"string", "number", "integer", "boolean", "array", "object"})
 

@@ -34,7 +34,8 @@ def main() -> None:
     args = parser.parse_args()
 
     host = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "multihost.py"), "--servers", str(args.servers), "--port", "0"],
+        [sys.executable, "-m", "bench.multihost", "--servers", str(args.servers), "--port", "0"],
+        cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -54,7 +55,8 @@ def main() -> None:
             port = wait_ready_line(host)
             document = {
                 "mcpServers": {
-                    f"s{i}": {"type": "http", "url": f"http://127.0.0.1:{port}/s/{i}/mcp"} for i in range(args.servers)
+                    f"s{i}": {"type": "http", "url": f"http://127.0.0.1:{port}/s/{i}/mcp"}
+                    for i in range(args.servers)
                 }
             }
             started = time.perf_counter()

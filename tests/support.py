@@ -126,3 +126,17 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 15.0, inter
     with anyio.fail_after(timeout):
         while not predicate():  # noqa: ASYNC110 - nothing to subscribe to; bounded by fail_after
             await anyio.sleep(interval)
+
+
+def shared_data() -> Path:
+    """The benchmark data folder (`../shared/data` beside the checkout, or TOOLGATE_SHARED_DATA)."""
+    candidates = [
+        os.environ.get("TOOLGATE_SHARED_DATA"),
+        ROOT.parent / "shared" / "data",
+        "/work/shared/data",
+    ]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "README.md").exists():
+            return Path(candidate)
+    require(False, "the shared benchmark data is not here (set TOOLGATE_SHARED_DATA)")
+    raise AssertionError("unreachable")

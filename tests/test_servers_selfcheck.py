@@ -112,7 +112,7 @@ def toggle_echo_url() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def multihost_url() -> Iterator[str]:
-    with http_server(["bench/multihost.py", "--servers", "3", "--port", "0"]) as (_, port):
+    with http_server(["-m", "bench.multihost", "--servers", "3", "--port", "0"]) as (_, port):
         yield f"http://127.0.0.1:{port}"
 
 

@@ -164,7 +164,9 @@ async def test_changed_connection_details_reconnect(pool: UpstreamPool) -> None:
 async def test_crash_over_http_too(pool: UpstreamPool, mode: str) -> None:
     server = ServerProcess([PYTHON, "-m", "tests.servers.echo_server", "--transport", "http", "--port", "0"])
     try:
-        spec = stdio_spec("c2") if mode == "stdio" else ServerSpec(name="c2", transport="http", url=server.url)
+        spec = (
+            stdio_spec("c2") if mode == "stdio" else ServerSpec(name="c2", transport="http", url=server.url)
+        )
         await _pid(pool, spec)
         with anyio.fail_after(20), pytest.raises(UpstreamError):
             await pool.call_tool(spec, "crash", {})
@@ -179,7 +181,9 @@ async def test_crash_over_http_too(pool: UpstreamPool, mode: str) -> None:
 
 
 async def test_hanging_handshake_is_bounded_by_the_connect_timeout() -> None:
-    spec = ServerSpec(name="garbage", command=PYTHON, args=["-m", "tests.servers.garbage_server"], cwd=str(ROOT))
+    spec = ServerSpec(
+        name="garbage", command=PYTHON, args=["-m", "tests.servers.garbage_server"], cwd=str(ROOT)
+    )
     async with UpstreamPool(connect_timeout=1.5, idle_timeout=0) as pool:
         started = anyio.current_time()
         with pytest.raises(UpstreamError, match="cannot connect"):
