@@ -7,12 +7,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
 from gateway.app import create_app
 from gateway.services import GatewayService
 from gateway.settings import Settings
+from registry.specs import ServerSpec
 from tests.support import PYTHON, ROOT, children_of, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -219,3 +221,21 @@ async def test_register_sync_call_on_each_database(database_url: str, tmp_path: 
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         assert app.state.service.catalog.get("echo__add") is not None
+
+
+async def test_periodic_sync_runs_on_its_interval(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "d", sync_interval_s=0.3)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        service: GatewayService = app.state.service
+        server, _ = await service.register_server(ServerSpec.model_validate(echo_body()))
+        first = server.last_sync_at
+        assert first is not None
+
+        async def later() -> bool:
+            current = (await service.registry.get_server(server.id)).last_sync_at
+            return current is not None and current > first
+
+        with anyio.fail_after(15):
+            while not await later():  # noqa: ASYNC110 - polling the database, bounded
+                await anyio.sleep(0.1)

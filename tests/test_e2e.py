@@ -164,6 +164,25 @@ async def test_faults_through_the_gateway_leave_it_serving(gateway: RunningGatew
         assert _text(other) == "Echo: ok"
 
 
+@pytest.mark.anyio
+async def test_stdio_front_door_serves_servers_registered_over_rest(gateway: RunningGateway) -> None:
+    """`toolgate stdio` on the registry the HTTP gateway built through the admin API."""
+    params = StdioServerParameters(command=TOOLGATE, args=["stdio"], env=gateway.env, cwd=str(ROOT))
+    with anyio.fail_after(120):
+        async with Client(params) as client:
+            assert [t.name for t in (await client.list_tools()).tools] == ["find_tools", "call_tool"]
+            assert "time__get_current_time" in await _find(client, "current time in a timezone")
+            now = await client.call_tool(
+                "call_tool", {"name": "time__get_current_time", "arguments": {"timezone": "Europe/Oslo"}}
+            )
+            assert now.structured_content is not None
+            assert now.structured_content["timezone"] == "Europe/Oslo"
+            echoed = await client.call_tool(
+                "call_tool", {"name": "everything__echo", "arguments": {"message": "stdio"}}
+            )
+            assert _text(echoed) == "Echo: stdio"
+
+
 def test_mcp_inspector_cli_lists_and_calls(gateway: RunningGateway) -> None:
     node_command("mcp-inspector")
     base = [

@@ -34,6 +34,15 @@ def http_echo() -> Iterator[ServerProcess]:
 
 
 @pytest.fixture
+def sse_echo() -> Iterator[ServerProcess]:
+    server = ServerProcess([PYTHON, "-m", "tests.servers.echo_server", "--transport", "sse", "--port", "0"])
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 async def pool() -> AsyncIterator[UpstreamPool]:
     async with UpstreamPool(connect_timeout=20, call_timeout=10, concurrency=4, idle_timeout=0) as p:
         yield p
@@ -57,11 +66,17 @@ async def test_lists_every_page(pool: UpstreamPool) -> None:
     assert add.input_schema["required"] == ["a", "b"]
 
 
-@pytest.mark.parametrize("transport", ["stdio", "http"])
-async def test_calls_reuse_one_session(pool: UpstreamPool, http_echo: ServerProcess, transport: str) -> None:
-    spec = (
-        stdio_spec() if transport == "stdio" else ServerSpec(name="web", transport="http", url=http_echo.url)
-    )
+@pytest.mark.parametrize("transport", ["stdio", "http", "sse"])
+async def test_calls_reuse_one_session(
+    pool: UpstreamPool, http_echo: ServerProcess, sse_echo: ServerProcess, transport: str
+) -> None:
+    specs = {
+        "stdio": stdio_spec(),
+        "http": ServerSpec(name="web", transport="http", url=http_echo.url),
+        "sse": ServerSpec(name="legacy", transport="sse", url=f"http://127.0.0.1:{sse_echo.port}/sse"),
+    }
+    spec = specs[transport]
+    assert {t.name for t in await pool.list_tools(spec)} >= {"echo", "add", "whoami"}
     result = await pool.call_tool(spec, "add", {"a": 2, "b": 40})
     assert result.structured_content == {"sum": 42}
     assert not result.is_error

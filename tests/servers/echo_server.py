@@ -3,6 +3,7 @@
 Run it as ``python -m tests.servers.echo_server --transport stdio`` or
 ``python -m tests.servers.echo_server --transport http --port 0``; over HTTP it prints
 ``READY <port>`` once the socket accepts connections and serves MCP at ``/mcp``.
+``--transport sse`` serves the legacy HTTP+SSE transport at ``/sse`` instead.
 
 Built on the low-level ``Server`` so that pagination, cursors and notifications are
 exactly what the tests ask for rather than what a framework chooses.
@@ -291,11 +292,34 @@ async def serve_http(server: Server[Any], host: str, port: int) -> None:
     await _ReadyServer(config, sock.getsockname()[1]).serve(sockets=[sock])
 
 
+async def serve_sse(server: Server[Any], host: str, port: int) -> None:
+    """Legacy HTTP+SSE transport (2024-11-05 style): GET /sse opens the stream, POST /messages/."""
+    from mcp.server.sse import SseServerTransport
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Mount, Route
+
+    sse = SseServerTransport("/messages/")
+
+    async def handle_sse(request: Request) -> Response:
+        async with sse.connect_sse(request.scope, request.receive, request._send) as (read, write):
+            await server.run(read, write, server.create_initialization_options())
+        return Response()
+
+    app = Starlette(
+        routes=[Route("/sse", handle_sse, methods=["GET"]), Mount("/messages/", app=sse.handle_post_message)]
+    )
+    sock = bind_socket(host, port)
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2)
+    await _ReadyServer(config, sock.getsockname()[1]).serve(sockets=[sock])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--transport", choices=["stdio", "http"], default="stdio")
+    parser.add_argument("--transport", choices=["stdio", "http", "sse"], default="stdio")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="HTTP port; 0 lets the OS choose")
     parser.add_argument(
@@ -312,6 +336,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.transport == "stdio":
             anyio.run(serve_stdio, server)
+        elif args.transport == "sse":
+            anyio.run(serve_sse, server, args.host, args.port)
         else:
             anyio.run(serve_http, server, args.host, args.port)
     except KeyboardInterrupt:
