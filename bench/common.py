@@ -109,8 +109,8 @@ def free_port() -> int:
         return port
 
 
-def shared_data() -> Path:
-    """The benchmark data folder (`../shared/data` beside the checkout, or TOOLGATE_SHARED_DATA)."""
+def find_shared_data() -> Path | None:
+    """The benchmark data folder: TOOLGATE_SHARED_DATA, or `../shared/data` beside the checkout."""
     candidates = [
         os.environ.get("TOOLGATE_SHARED_DATA"),
         ROOT.parent / "shared" / "data",
@@ -119,4 +119,11 @@ def shared_data() -> Path:
     for candidate in candidates:
         if candidate and (Path(candidate) / "README.md").exists():
             return Path(candidate)
-    raise SystemExit("the shared benchmark data is not here: set TOOLGATE_SHARED_DATA")
+    return None
+
+
+def shared_data() -> Path:
+    found = find_shared_data()
+    if found is None:
+        raise SystemExit("the shared benchmark data is not here: set TOOLGATE_SHARED_DATA")
+    return found

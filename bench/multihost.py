@@ -30,7 +30,6 @@ import argparse
 import json
 import random
 import re
-import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,7 +38,6 @@ from typing import Any
 
 import anyio
 import mcp_types as types
-import uvicorn
 from mcp.server import Server, ServerRequestContext
 from mcp.server.context import CallNext, HandlerResult
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
@@ -53,6 +51,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from bench.common import shared_data
+from tests.servers.serving import serve_ready
 
 DEFAULT_DATA = shared_data() / "toolsdk" / "tools.jsonl"
 MAX_SYNTHESIZED_PARAMS = 8
@@ -364,29 +363,8 @@ def build_app(catalog: Catalog, *, stateless: bool, host: str) -> Starlette:
     )
 
 
-class _ReadyServer(uvicorn.Server):
-    """Announces ``READY <port>`` only after uvicorn has finished its startup."""
-
-    def __init__(self, config: uvicorn.Config, port: int) -> None:
-        super().__init__(config)
-        self._port = port
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        if not self.should_exit:
-            print(f"READY {self._port}", flush=True)
-
-
 async def serve(app: Starlette, host: str, port: int) -> None:
-    # Bound here so that --port 0 can report the port the OS picked. IPPROTO_TCP must be
-    # explicit: asyncio only sets TCP_NODELAY on sockets whose proto says TCP, and without
-    # it every small response waits ~40 ms for a delayed ACK.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(4096)
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, backlog=4096)
-    await _ReadyServer(config, sock.getsockname()[1]).serve(sockets=[sock])
+    await serve_ready(app, host, port)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -129,14 +129,10 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 15.0, inter
 
 
 def shared_data() -> Path:
-    """The benchmark data folder (`../shared/data` beside the checkout, or TOOLGATE_SHARED_DATA)."""
-    candidates = [
-        os.environ.get("TOOLGATE_SHARED_DATA"),
-        ROOT.parent / "shared" / "data",
-        "/work/shared/data",
-    ]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "README.md").exists():
-            return Path(candidate)
-    require(False, "the shared benchmark data is not here (set TOOLGATE_SHARED_DATA)")
-    raise AssertionError("unreachable")
+    """The benchmark data folder, or skip/fail (see `require`)."""
+    from bench.common import find_shared_data
+
+    found = find_shared_data()
+    require(found is not None, "the shared benchmark data is not here (set TOOLGATE_SHARED_DATA)")
+    assert found is not None
+    return found

@@ -21,7 +21,6 @@ import base64
 import binascii
 import json
 import os
-import socket
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,12 +28,13 @@ from typing import Any
 import anyio
 import jsonschema
 import mcp_types as types
-import uvicorn
 from mcp.server import NotificationOptions, Server, ServerRequestContext
 from mcp.server.models import InitializationOptions
 from mcp.server.stdio import stdio_server
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
 from mcp.shared.exceptions import MCPError
+
+from tests.servers.serving import serve_ready
 
 Ctx = ServerRequestContext[Any]
 
@@ -259,37 +259,9 @@ async def serve_stdio(server: Server[Any]) -> None:
         await server.run(read_stream, write_stream, server.create_initialization_options())
 
 
-class _ReadyServer(uvicorn.Server):
-    """Announces ``READY <port>`` only after uvicorn has finished its startup."""
-
-    def __init__(self, config: uvicorn.Config, port: int) -> None:
-        super().__init__(config)
-        self._port = port
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        if not self.should_exit:
-            print(f"READY {self._port}", flush=True)
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind before uvicorn starts so ``--port 0`` can report the port the OS picked.
-
-    IPPROTO_TCP must be explicit: asyncio only sets TCP_NODELAY on sockets whose proto
-    says TCP, and without it every small response waits ~40 ms for a delayed ACK.
-    """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    return sock
-
-
 async def serve_http(server: Server[Any], host: str, port: int) -> None:
     app = server.streamable_http_app(streamable_http_path="/mcp", host=host)
-    sock = bind_socket(host, port)
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2)
-    await _ReadyServer(config, sock.getsockname()[1]).serve(sockets=[sock])
+    await serve_ready(app, host, port)
 
 
 async def serve_sse(server: Server[Any], host: str, port: int) -> None:
@@ -310,9 +282,7 @@ async def serve_sse(server: Server[Any], host: str, port: int) -> None:
     app = Starlette(
         routes=[Route("/sse", handle_sse, methods=["GET"]), Mount("/messages/", app=sse.handle_post_message)]
     )
-    sock = bind_socket(host, port)
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2)
-    await _ReadyServer(config, sock.getsockname()[1]).serve(sockets=[sock])
+    await serve_ready(app, host, port)
 
 
 def main(argv: list[str] | None = None) -> None:
