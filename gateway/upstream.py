@@ -214,11 +214,12 @@ class UpstreamPool:
                     "it is restarted on the next call)"
                 ) from exc
             raise UpstreamError(f"{spec.name} rejected {name!r}: {exc.message}") from exc
-        except TimeoutError as exc:
-            await self.close(spec.name)
+        except TimeoutError as exc:  # the transport ignored the read timeout: don't trust it again
+            self._drop(connection)
             raise UpstreamError(f"{spec.name} did not answer {name!r} within {limit:g}s") from exc
-        except Exception as exc:  # a broken transport surfaces as many types; keep serving
-            await self.close(spec.name)
+        except Exception as exc:  # a malformed result or a broken transport; keep serving
+            if not connection.alive:
+                self._drop(connection)
             raise UpstreamError(f"{spec.name} failed during {name!r}: {type(exc).__name__}: {exc}") from exc
         finally:
             connection.in_flight -= 1
@@ -244,9 +245,15 @@ class UpstreamPool:
     # -- internals -----------------------------------------------------------------------------
 
     def _forget_if_dead(self, connection: _Connection, exc: MCPError) -> None:
-        if exc.code == types.CONNECTION_CLOSED and self._connections.get(connection.spec.name) is connection:
+        if exc.code == types.CONNECTION_CLOSED:
+            self._drop(connection)
+
+    def _drop(self, connection: _Connection) -> None:
+        """Stop this connection; the next call opens a fresh one. Another task may already have
+        replaced it under the same name: leave the replacement alone."""
+        if self._connections.get(connection.spec.name) is connection:
             del self._connections[connection.spec.name]
-            connection.stop.set()
+        connection.stop.set()
 
     async def _acquire(self, spec: ServerSpec) -> _Connection:
         key = spec.connection_key()

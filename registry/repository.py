@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import anyio
 from pydantic import ValidationError
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -19,6 +21,7 @@ from .models import Server, ServerStatus, Tool, utcnow
 from .naming import exposed_name
 from .specs import ServerSpec, UpstreamTool
 
+_SHIELD_S = 60.0
 _SPEC_FIELDS = (
     "name",
     "transport",
@@ -72,10 +75,20 @@ class Registry:
         """A raw session, for health checks."""
         return self._sessions()
 
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session whose database calls are not cancelled midway. Cancelling a driver call
+        makes SQLAlchemy abandon the connection with a close that never finishes (seen with
+        aiosqlite), which then hangs shutdown; our calls are short, so let them complete. The
+        deadline keeps a dead database from holding a shutdown forever."""
+        with anyio.CancelScope(shield=True, deadline=anyio.current_time() + _SHIELD_S):
+            async with self._sessions() as session:
+                yield session
+
     # -- servers -------------------------------------------------------------------------------
 
     async def create_server(self, spec: ServerSpec) -> Server:
-        async with self._sessions() as session:
+        async with self._transaction() as session:
             server = Server(**spec.model_dump())
             session.add(server)
             try:
@@ -86,30 +99,30 @@ class Registry:
             return server
 
     async def get_server(self, server_id: int) -> Server:
-        async with self._sessions() as session:
+        async with self._transaction() as session:
             server = await session.get(Server, server_id)
             if server is None:
                 raise NotFoundError(f"no server with id {server_id}")
             return server
 
     async def find_server(self, name: str) -> Server | None:
-        async with self._sessions() as session:
+        async with self._transaction() as session:
             result = await session.scalars(select(Server).where(Server.name == name))
             return result.first()
 
     async def list_servers(self) -> list[Server]:
-        async with self._sessions() as session:
+        async with self._transaction() as session:
             return list(await session.scalars(select(Server).order_by(Server.id)))
 
     async def tool_counts(self) -> dict[int, int]:
-        async with self._sessions() as session:
+        async with self._transaction() as session:
             rows = await session.execute(select(Tool.server_id, func.count()).group_by(Tool.server_id))
             return {server_id: count for server_id, count in rows.all()}
 
     async def update_server(self, server_id: int, changes: dict[str, Any]) -> tuple[Server, bool]:
         """Apply `changes` (spec fields) after validating the merged spec. Returns the server and
         whether its connection details changed (the caller then reconnects and re-syncs)."""
-        async with self._sessions() as session:
+        async with self._transaction() as session:
             server = await session.get(Server, server_id)
             if server is None:
                 raise NotFoundError(f"no server with id {server_id}")
@@ -133,7 +146,7 @@ class Registry:
             return server, after.connection_key() != before.connection_key()
 
     async def delete_server(self, server_id: int) -> Server:
-        async with self._sessions() as session:
+        async with self._transaction() as session:
             server = await session.get(Server, server_id)
             if server is None:
                 raise NotFoundError(f"no server with id {server_id}")
@@ -143,7 +156,7 @@ class Registry:
 
     async def record_sync(self, server_id: int, *, error: str | None, at: datetime | None = None) -> None:
         """Store the outcome of a sync attempt on the server row."""
-        async with self._sessions() as session:
+        async with self._transaction() as session:
             server = await session.get(Server, server_id)
             if server is None:
                 return  # deleted while syncing: nothing to record
@@ -173,7 +186,7 @@ class Registry:
             conditions.append(
                 or_(func.lower(Tool.exposed_name).like(pattern), func.lower(Tool.description).like(pattern))
             )
-        async with self._sessions() as session:
+        async with self._transaction() as session:
             total = await session.scalar(select(func.count()).select_from(Tool).where(*conditions))
             rows = await session.scalars(
                 select(Tool)
@@ -186,14 +199,14 @@ class Registry:
             return ToolPage(tools=list(rows), total=int(total or 0))
 
     async def get_tool(self, tool_id: int) -> Tool:
-        async with self._sessions() as session:
+        async with self._transaction() as session:
             tool = await session.get(Tool, tool_id, options=[selectinload(Tool.server)])
             if tool is None:
                 raise NotFoundError(f"no tool with id {tool_id}")
             return tool
 
     async def set_tool_enabled(self, tool_id: int, enabled: bool) -> Tool:
-        async with self._sessions() as session:
+        async with self._transaction() as session:
             tool = await session.get(Tool, tool_id, options=[selectinload(Tool.server)])
             if tool is None:
                 raise NotFoundError(f"no tool with id {tool_id}")
@@ -203,7 +216,7 @@ class Registry:
 
     async def servable_tools(self) -> list[Tool]:
         """Every enabled tool of every enabled server, with its server loaded."""
-        async with self._sessions() as session:
+        async with self._transaction() as session:
             rows = await session.scalars(
                 select(Tool)
                 .join(Server)
@@ -216,7 +229,7 @@ class Registry:
     async def apply_tool_list(self, server_id: int, listed: Sequence[UpstreamTool]) -> ToolDiff:
         """Make the server's tool rows match what it listed: create, update changed definitions
         (by hash), delete the ones gone. One transaction; also marks the sync as successful."""
-        async with self._sessions() as session:
+        async with self._transaction() as session:
             server = await session.get(Server, server_id)
             if server is None:
                 raise NotFoundError(f"no server with id {server_id}")
@@ -280,7 +293,7 @@ class Registry:
         updated: list[str] = []
         unchanged: list[str] = []
         touched: list[Server] = []
-        async with self._sessions() as session:
+        async with self._transaction() as session:
             by_name = {
                 s.name: s
                 for s in await session.scalars(

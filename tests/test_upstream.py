@@ -113,8 +113,10 @@ async def test_hang_times_out_and_session_survives(pool: UpstreamPool) -> None:
 
 
 async def test_output_violating_its_schema_is_rejected(pool: UpstreamPool) -> None:
+    before = await _pid(pool, stdio_spec())
     with pytest.raises(UpstreamError):
         await pool.call_tool(stdio_spec(), "bad_output", {})
+    assert await _pid(pool, stdio_spec()) == before  # a bad result is not a broken session
 
 
 @pytest.mark.parametrize(
