@@ -75,6 +75,19 @@ def validate_arguments(tool: CatalogTool, arguments: dict[str, Any]) -> str | No
     return f"invalid arguments for {tool.exposed_name}: at {where}: {error.message}"
 
 
+_RESERVED_META = "io.modelcontextprotocol/"
+
+
+def _without_protocol_meta(result: types.CallToolResult) -> types.CallToolResult:
+    """Drop the upstream's protocol-reserved `_meta` keys (its serverInfo stamp, for one): the
+    client is talking to the gateway, which stamps its own. Other metadata passes through."""
+    meta = result.meta
+    if not meta or not any(key.startswith(_RESERVED_META) for key in meta):
+        return result
+    kept = {key: value for key, value in meta.items() if not key.startswith(_RESERVED_META)}
+    return result.model_copy(update={"meta": kept or None})
+
+
 class Forwarder:
     def __init__(self, catalog: Catalog, pool: UpstreamPool) -> None:
         self._catalog = catalog
@@ -99,4 +112,6 @@ class Forwarder:
             logger.info("call to %s failed: %s", name, exc)
             return error_result(str(exc))
         problem = check_output(tool, result)
-        return error_result(problem) if problem is not None else result
+        if problem is not None:
+            return error_result(problem)
+        return _without_protocol_meta(result)

@@ -129,6 +129,9 @@ async def test_find_and_call_over_streamable_http(gateway: RunningGateway, mode:
         assert not result.is_error
         assert result.structured_content is not None
         assert result.structured_content["timezone"] == "Asia/Tokyo"
+        if mode == "auto":  # 2026-07-28 results name the server that answered: the gateway, not time
+            assert result.meta is not None
+            assert result.meta["io.modelcontextprotocol/serverInfo"]["name"] == "toolgate"
 
         assert "everything__echo" in await _find(client, "echo back the input string")
         echoed = await client.call_tool(
