@@ -70,6 +70,11 @@ class Registry:
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
+        # SQLite takes one writer at a time. A transaction that reads and then writes (a sync)
+        # fails at once with SQLITE_BUSY when another writer committed in between, whatever the
+        # busy timeout; queueing our transactions in process avoids that. PostgreSQL needs none.
+        dialect = sessions.kw["bind"].dialect.name if sessions.kw.get("bind") is not None else ""
+        self._serial: anyio.Lock | None = anyio.Lock() if dialect == "sqlite" else None
 
     def session(self) -> AsyncSession:
         """A raw session, for health checks."""
@@ -82,8 +87,12 @@ class Registry:
         aiosqlite), which then hangs shutdown; our calls are short, so let them complete. The
         deadline keeps a dead database from holding a shutdown forever."""
         with anyio.CancelScope(shield=True, deadline=anyio.current_time() + _SHIELD_S):
-            async with self._sessions() as session:
-                yield session
+            if self._serial is None:
+                async with self._sessions() as session:
+                    yield session
+            else:
+                async with self._serial, self._sessions() as session:
+                    yield session
 
     # -- servers -------------------------------------------------------------------------------
 
