@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -110,3 +111,15 @@ class Tool(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     server: Mapped[Server] = relationship(back_populates="tools")
+
+
+class ToolUsage(Base):
+    """Evidence of use for a tool's usage vector: how many queries used it and the running sum
+    of their embeddings (float32 bytes). One row per tool; deleted with the tool."""
+
+    __tablename__ = "tool_usage"
+
+    tool_id: Mapped[int] = mapped_column(ForeignKey("tools.id", ondelete="CASCADE"), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    total: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

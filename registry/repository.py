@@ -17,7 +17,7 @@ from sqlalchemy.orm import selectinload
 
 from .errors import DuplicateError, InvalidSpecError, NotFoundError
 from .hashing import definition_hash
-from .models import Server, ServerStatus, Tool, utcnow
+from .models import Server, ServerStatus, Tool, ToolUsage, utcnow
 from .naming import exposed_name
 from .specs import ServerSpec, UpstreamTool
 
@@ -294,6 +294,33 @@ class Registry:
             server.status = ServerStatus.OK.value
             await session.commit()
             return ToolDiff(created=created, updated=updated, deleted=len(gone), unchanged=unchanged)
+
+    # -- usage evidence ------------------------------------------------------------------------
+
+    async def load_usage(self) -> dict[str, tuple[int, bytes]]:
+        """Usage evidence of every tool: exposed name -> (count, float32 sum as bytes)."""
+        async with self._transaction() as session:
+            rows = await session.execute(
+                select(Tool.exposed_name, ToolUsage.count, ToolUsage.total).join(
+                    ToolUsage, ToolUsage.tool_id == Tool.id
+                )
+            )
+            return {name: (count, total) for name, count, total in rows.all()}
+
+    async def save_usage(self, exposed_name: str, count: int, total: bytes) -> bool:
+        """Store a tool's usage evidence; False when the tool no longer exists."""
+        async with self._transaction() as session:
+            tool_id = await session.scalar(select(Tool.id).where(Tool.exposed_name == exposed_name))
+            if tool_id is None:
+                return False
+            row = await session.get(ToolUsage, tool_id)
+            if row is None:
+                session.add(ToolUsage(tool_id=tool_id, count=count, total=total))
+            else:
+                row.count = count
+                row.total = total
+            await session.commit()
+            return True
 
     async def import_servers(self, specs: Sequence[ServerSpec]) -> ImportResult:
         """Create or update every spec in one transaction; identical servers are left untouched, so

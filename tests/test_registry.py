@@ -167,3 +167,14 @@ async def test_import_is_idempotent_and_updates_changes(registry: Registry) -> N
     remote = await registry.find_server("remote_api")
     assert remote is not None
     assert (remote.transport, remote.headers) == ("http", {"Authorization": "Bearer x"})
+
+
+async def test_usage_evidence_round_trips_and_dies_with_the_tool(registry: Registry) -> None:
+    server = await registry.create_server(_stdio("used"))
+    await registry.apply_tool_list(server.id, [_tool("search")])
+    assert await registry.save_usage("used__search", 2, b"\x00\x01" * 8)
+    assert await registry.save_usage("used__search", 3, b"\x02\x03" * 8)
+    assert await registry.load_usage() == {"used__search": (3, b"\x02\x03" * 8)}
+    assert not await registry.save_usage("used__nothing", 1, b"")
+    await registry.apply_tool_list(server.id, [])
+    assert await registry.load_usage() == {}
