@@ -223,6 +223,12 @@ class Registry:
             await session.commit()
             return tool
 
+    async def all_tools(self) -> list[Tool]:
+        """Every tool, enabled or not, with its server loaded."""
+        async with self._transaction() as session:
+            rows = await session.scalars(select(Tool).options(selectinload(Tool.server)).order_by(Tool.id))
+            return list(rows)
+
     async def servable_tools(self) -> list[Tool]:
         """Every enabled tool of every enabled server, with its server loaded."""
         async with self._transaction() as session:

@@ -1,0 +1,267 @@
+"""The embedders on the real bundled model: torch (the reference) and its ONNX exports."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pytest
+
+from retrieval import embedder as embedder_module
+from retrieval.embedder import (
+    CHECK_TEXTS,
+    Embedder,
+    EmbedderError,
+    OnnxEmbedder,
+    TorchEmbedder,
+    encode_async,
+    export_onnx,
+    export_path,
+    is_complete_export,
+    load_embedder,
+    load_onnx,
+    resolve_model_path,
+)
+from tests.support import ROOT, shared_data
+
+pytestmark = pytest.mark.anyio
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+RUNTIMES = ["torch", "onnx-int8", "onnx-fp32"]
+# fp32 is the same computation as torch; int8 may move a vector by quantisation error.
+MIN_COSINE = {"onnx-int8": 0.98, "onnx-fp32": 0.999}
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One export cache for the whole run, so each variant is exported once."""
+    return tmp_path_factory.mktemp("embedders")
+
+
+@pytest.fixture(scope="session")
+def torch_embedder() -> TorchEmbedder:
+    return TorchEmbedder()
+
+
+@pytest.fixture(scope="session")
+def int8_embedder(cache_dir: Path) -> OnnxEmbedder:
+    return load_onnx(quantize=True, cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="session")
+def fp32_embedder(cache_dir: Path) -> OnnxEmbedder:
+    return load_onnx(quantize=False, cache_dir=cache_dir)
+
+
+@pytest.fixture(params=RUNTIMES)
+def any_embedder(request: pytest.FixtureRequest) -> Embedder:
+    name = {"torch": "torch_embedder", "onnx-int8": "int8_embedder", "onnx-fp32": "fp32_embedder"}
+    found: Embedder = request.getfixturevalue(name[request.param])
+    return found
+
+
+@pytest.fixture(scope="session")
+def real_texts() -> list[str]:
+    """A fixed sample of ToolBench tool texts (name and description, as written, empty ones
+    included) and user queries."""
+    folder = shared_data() / "toolbench"
+    tools = [json.loads(line) for line in (folder / "tools.jsonl").read_text().splitlines() if line]
+    queries = [
+        json.loads(line)["query"] for line in (folder / "queries.jsonl").read_text().splitlines() if line
+    ]
+    rng = random.Random(7)
+    sample = rng.sample(tools, 200)
+    return [f"{t['name']}: {t['description']}" for t in sample] + rng.sample(queries, 100)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.asarray((a * b).sum(axis=1))
+
+
+def test_shape_dtype_and_unit_rows(any_embedder: Embedder) -> None:
+    vectors = any_embedder.encode(["list open pull requests", "", "x" * 5000])
+    assert vectors.shape == (3, any_embedder.dim) == (3, 384)
+    assert vectors.dtype == np.float32
+    assert vectors.flags.c_contiguous
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert np.isfinite(vectors).all()
+
+
+def test_empty_input_gives_zero_rows(any_embedder: Embedder) -> None:
+    vectors = any_embedder.encode([])
+    assert vectors.shape == (0, 384)
+    assert vectors.dtype == np.float32
+
+
+def test_a_single_str_is_refused(any_embedder: Embedder) -> None:
+    with pytest.raises(TypeError):
+        any_embedder.encode("a str is a sequence of one-letter texts")
+
+
+def test_deterministic_and_independent_of_order(any_embedder: Embedder) -> None:
+    texts = ["convert 20 USD to EUR", "get_stock_price: latest quote", "", "weather in Oslo"]
+    first = any_embedder.encode(texts, batch_size=2)
+    np.testing.assert_array_equal(first, any_embedder.encode(texts, batch_size=2))
+    reversed_rows = any_embedder.encode(texts[::-1], batch_size=2)[::-1]
+    np.testing.assert_allclose(first, reversed_rows, atol=1e-5)
+
+
+def test_semantic_sanity(any_embedder: Embedder) -> None:
+    query, weather, email = any_embedder.encode(
+        [
+            "Will it rain in Berlin tomorrow afternoon?",
+            "get_forecast: Hourly weather forecast (rain, temperature, wind) for a city.",
+            "send_email: Send an email to a recipient with a subject and a body.",
+        ]
+    )
+    assert float(query @ weather) > float(query @ email) + 0.2
+
+
+@pytest.mark.parametrize("runtime", ["onnx-int8", "onnx-fp32"])
+def test_onnx_matches_torch_on_real_texts(
+    runtime: str, request: pytest.FixtureRequest, torch_embedder: TorchEmbedder, real_texts: list[str]
+) -> None:
+    exported: OnnxEmbedder = request.getfixturevalue(
+        "int8_embedder" if runtime == "onnx-int8" else "fp32_embedder"
+    )
+    found = cosines(torch_embedder.encode(real_texts), exported.encode(real_texts))
+    worst = int(found.argmin())
+    assert found.min() >= MIN_COSINE[runtime], f"{found.min():.4f} on {real_texts[worst]!r}"
+
+
+def test_single_text_path_matches_batches(fp32_embedder: OnnxEmbedder, int8_embedder: OnnxEmbedder) -> None:
+    texts = ["find a vegan restaurant nearby", "kubectl_get_pods: list pods", ""]
+    single = np.vstack([fp32_embedder.encode([t]) for t in texts])
+    np.testing.assert_allclose(single, fp32_embedder.encode(texts), atol=1e-5)
+    # Dynamic int8 scales activations per batch, so batch-mates move a vector slightly.
+    single = np.vstack([int8_embedder.encode([t]) for t in texts])
+    assert cosines(single, int8_embedder.encode(texts)).min() >= 0.98
+
+
+def test_model_ids_name_model_runtime_and_quantisation(
+    torch_embedder: TorchEmbedder, int8_embedder: OnnxEmbedder, fp32_embedder: OnnxEmbedder
+) -> None:
+    ids = [torch_embedder.model_id, int8_embedder.model_id, fp32_embedder.model_id]
+    assert len(set(ids)) == 3
+    assert len({i.split("/")[0] for i in ids}) == 1  # same model, same fingerprint
+    assert ids[0].startswith("all-MiniLM-L6-v2@")
+    assert "int8" in ids[1]
+    assert "fp32" in ids[2]
+
+
+def test_export_records_its_check_against_torch(int8_embedder: OnnxEmbedder) -> None:
+    info = json.loads((int8_embedder.export_dir / "export.json").read_text())
+    assert info["check_texts"] == len(CHECK_TEXTS) >= 50
+    assert 0.98 <= info["min_cosine"] <= info["mean_cosine"] <= 1.0
+    assert info["quantized"] is True
+
+
+def test_auto_picks_int8_when_it_passes_the_check(cache_dir: Path, int8_embedder: OnnxEmbedder) -> None:
+    chosen = load_embedder(runtime="auto", cache_dir=cache_dir)
+    assert isinstance(chosen, OnnxEmbedder)
+    assert chosen.model_id == int8_embedder.model_id
+
+
+def test_auto_falls_back_to_torch_and_says_why(
+    cache_dir: Path, int8_embedder: OnnxEmbedder, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="retrieval.embedder"):
+        chosen = load_embedder(runtime="auto", cache_dir=cache_dir, min_cosine=1.01)
+    assert isinstance(chosen, TorchEmbedder)
+    assert "using torch" in caplog.text
+    assert "below 1.0100" in caplog.text
+
+
+def test_export_is_reused(cache_dir: Path, int8_embedder: OnnxEmbedder) -> None:
+    model_file = int8_embedder.export_dir / "model.onnx"
+    before = model_file.stat().st_mtime_ns
+    again = load_onnx(quantize=True, cache_dir=cache_dir)
+    assert again.export_dir == int8_embedder.export_dir
+    assert model_file.stat().st_mtime_ns == before
+    assert [p.name for p in cache_dir.iterdir() if "int8" in p.name] == [int8_embedder.export_dir.name]
+
+
+def test_loading_an_existing_export_does_not_import_torch(
+    cache_dir: Path, int8_embedder: OnnxEmbedder
+) -> None:
+    script = (
+        "import sys; from pathlib import Path; from retrieval.embedder import load_embedder; "
+        f"e = load_embedder(runtime='auto', cache_dir=Path({str(cache_dir)!r})); "
+        "print(type(e).__name__, 'torch' in sys.modules, e.encode(['hello']).shape)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.split() == ["OnnxEmbedder", "False", "(1,", "384)"]
+
+
+@pytest.fixture
+def failing_quantizer(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(source: Path, target: Path) -> list[str]:
+        target.write_bytes(source.read_bytes()[:1000])  # a half-written file, then the failure
+        raise RuntimeError("simulated failure halfway through the export")
+
+    monkeypatch.setattr(embedder_module, "_quantize", fail)
+
+
+def test_failed_export_leaves_nothing(
+    tmp_path: Path, torch_embedder: TorchEmbedder, failing_quantizer: None
+) -> None:
+    model = resolve_model_path("default")
+    target = export_path(model, tmp_path, quantize=True)
+    with pytest.raises(EmbedderError, match="simulated failure"):
+        export_onnx(model, target, quantize=True)
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []  # the temporary directory is gone too
+
+
+def test_crashed_export_is_not_usable(tmp_path: Path) -> None:
+    """A process killed mid-export (no cleanup runs) leaves only a hidden temporary directory,
+    which is never loaded; the next load exports afresh."""
+    script = (
+        "import os, sys; from pathlib import Path; import retrieval.embedder as m\n"
+        "def crash(source, target):\n"
+        "    target.write_bytes(b'half')\n"
+        "    os._exit(3)\n"
+        "m._quantize = crash\n"
+        f"m.load_onnx(quantize=True, cache_dir=Path({str(tmp_path)!r}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, timeout=240)
+    assert done.returncode == 3, done.stderr
+    target = export_path(resolve_model_path("default"), tmp_path, quantize=True)
+    assert not target.exists()
+    assert not is_complete_export(target)
+    leftovers = [p.name for p in tmp_path.iterdir()]
+    assert len(leftovers) == 1
+    assert leftovers[0].startswith(f".{target.name}.tmp-")
+
+
+@pytest.mark.parametrize("runtime", ["auto", "onnx", "torch"])
+@pytest.mark.parametrize("model", ["no-such-org/no-such-model", "./no/such/dir", "not a valid name!"])
+def test_bad_model_raises_embedder_error(
+    model: str, runtime: Literal["auto", "onnx", "torch"], tmp_path: Path
+) -> None:
+    with pytest.raises(EmbedderError) as raised:
+        load_embedder(model, runtime=runtime, cache_dir=tmp_path)
+    assert repr(model)[1:-1] in str(raised.value)
+
+
+def test_a_directory_that_is_not_a_model_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(EmbedderError, match=r"no config\.json"):
+        load_embedder(str(tmp_path), runtime="torch")
+
+
+async def test_encode_async_runs_in_a_worker_thread(int8_embedder: OnnxEmbedder) -> None:
+    texts = ["book a table for two tonight", "restaurant_reservation: reserve a table"]
+    vectors = await encode_async(int8_embedder, texts)
+    np.testing.assert_array_equal(vectors, int8_embedder.encode(texts))
+    assert (await encode_async(int8_embedder, [])).shape == (0, 384)
