@@ -2,7 +2,8 @@
 
 For each runtime, in its own child process (so start-up time and peak RSS are its own):
 texts/s at batch 64 over ~1,000 real tool descriptions (ToolBench and toolsdk, cut to ~200
-characters), and the latency of ~200 single ToolBench queries, one at a time. The parent then
+characters), and the latency of ~200 single ToolBench queries, one at a time, as written
+(~250 characters) and cut to ~60 characters. The parent then
 compares each ONNX variant's vectors with torch's (min/mean cosine). Exports are made first,
 in a child of their own, into the embedder cache (reused when present).
 
@@ -83,6 +84,12 @@ def child(runtime: str, cache_dir: Path, tools: int, n_queries: int, vectors_out
         begin = time.perf_counter()
         single_vectors.append(embedder.encode([query])[0])
         latencies.append(time.perf_counter() - begin)
+    short_latencies = []
+    for query in asked:  # a terse query, as agents often send: ~60 characters
+        text = cut(query, 60)
+        begin = time.perf_counter()
+        embedder.encode([text])
+        short_latencies.append(time.perf_counter() - begin)
     np.savez(vectors_out, tools=batch_vectors, queries=np.vstack(single_vectors))
     return {
         "model_id": embedder.model_id,
@@ -90,6 +97,7 @@ def child(runtime: str, cache_dir: Path, tools: int, n_queries: int, vectors_out
         "texts_per_s": round(max(passes), 1),
         "texts_per_s_passes": [round(p, 1) for p in passes],
         "single_query_ms": summary_ms(latencies),
+        "short_query_ms": summary_ms(short_latencies),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "torch_imported": "torch" in sys.modules,
     }
@@ -153,7 +161,8 @@ def compare(vectors: dict[str, Path]) -> dict[str, dict[str, dict[str, float]]]:
 
 def print_table(runs: dict[str, dict[str, Any]], cosines: dict[str, Any]) -> None:
     print(
-        f"{'runtime':10} {'texts/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'load s':>7} {'RSS MB':>7}  cosine vs torch (min/mean)"
+        f"{'runtime':10} {'texts/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'short p50':>9} {'load s':>7} {'RSS MB':>7}"
+        "  cosine vs torch (min/mean)"
     )
     for name, run in runs.items():
         latency = run["single_query_ms"]
@@ -168,6 +177,7 @@ def print_table(runs: dict[str, dict[str, Any]], cosines: dict[str, Any]) -> Non
         )
         print(
             f"{name:10} {run['texts_per_s']:8.1f} {latency['p50']:7.2f} {latency['p99']:7.2f} "
+            f"{run['short_query_ms']['p50']:9.2f} "
             f"{run['load_s']:7.2f} {run['peak_rss_mb']:7.0f}  {shown}"
         )
 
@@ -195,6 +205,7 @@ def main() -> None:
 
 def parent(cache_dir: Path, tools: int, n_queries: int) -> None:
     common = ["--cache-dir", str(cache_dir), "--tools", str(tools), "--queries", str(n_queries)]
+    load_before = os.getloadavg()
     exports = run_child(["--child", "export", *common])
     texts = tool_texts(tools)
     with tempfile.TemporaryDirectory() as scratch:
@@ -212,6 +223,9 @@ def parent(cache_dir: Path, tools: int, n_queries: int) -> None:
             "single_queries": n_queries,
             "cache_dir": str(cache_dir),
             "note": "texts/s: best of two passes; load_s: imports + model load in a fresh process",
+            # The machine may be shared: other processes' load makes every figure slower.
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         },
         "exports": exports,
         "runtimes": runs,

@@ -680,7 +680,7 @@ def _compare_with_torch(model: SentenceTransformer, exported: OnnxEmbedder) -> t
 
 
 def load_embedder(
-    model: str = DEFAULT_MODEL,
+    model: str | Path = DEFAULT_MODEL,
     runtime: Literal["auto", "onnx", "torch"] = "auto",
     cache_dir: Path | None = None,
     *,
