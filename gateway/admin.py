@@ -11,7 +11,18 @@ from registry.errors import DuplicateError, InvalidSpecError, NotFoundError
 from registry.importer import ImportFileError, parse_import_document
 from registry.specs import ServerSpec
 
-from .admin_schemas import ImportOut, ServerOut, ServerUpdate, SyncOut, ToolList, ToolOut, ToolUpdate
+from .admin_schemas import (
+    ExamplesImport,
+    ExamplesIn,
+    ImportOut,
+    ServerOut,
+    ServerUpdate,
+    SyncOut,
+    ToolList,
+    ToolOut,
+    ToolUpdate,
+    UsageOut,
+)
 from .services import GatewayService
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -122,6 +133,41 @@ async def get_tool(tool_id: int, request: Request) -> ToolOut:
 @router.patch("/tools/{tool_id}", response_model=ToolOut)
 async def update_tool(tool_id: int, update: ToolUpdate, request: Request) -> ToolOut:
     return ToolOut.of(await _service(request).set_tool_enabled(tool_id, update.enabled))
+
+
+@router.get("/index")
+async def index_stats(request: Request) -> dict[str, Any]:
+    """The retrieval index: tools held, waiting to be embedded, embedded since start."""
+    return _service(request).catalog.stats()
+
+
+@router.get("/tools/{tool_id}/usage", response_model=UsageOut)
+async def tool_usage(tool_id: int, request: Request) -> UsageOut:
+    """How many uses the tool's usage vector holds (examples and live calls)."""
+    service = _service(request)
+    tool = await service.registry.get_tool(tool_id)
+    return UsageOut(tool=tool.exposed_name, usage_count=service.usage_count(tool.exposed_name))
+
+
+@router.post("/tools/{tool_id}/examples", response_model=UsageOut)
+async def add_tool_examples(tool_id: int, body: ExamplesIn, request: Request) -> UsageOut:
+    """Record example queries for a tool: each moves its usage vector like a live use."""
+    service = _service(request)
+    tool = await service.registry.get_tool(tool_id)
+    recorded = await service.add_examples({tool.exposed_name: body.queries})
+    name = tool.exposed_name
+    return UsageOut(tool=name, recorded=recorded[name], usage_count=service.usage_count(name))
+
+
+@router.post("/examples", response_model=list[UsageOut])
+async def import_examples(body: ExamplesImport, request: Request) -> list[UsageOut]:
+    """Example queries for many tools at once; an unknown tool name rejects the whole body."""
+    service = _service(request)
+    merged: dict[str, list[str]] = {}
+    for item in body.examples:
+        merged.setdefault(item.tool, []).extend(item.queries)
+    recorded = await service.add_examples(merged)
+    return [UsageOut(tool=n, recorded=k, usage_count=service.usage_count(n)) for n, k in recorded.items()]
 
 
 def _error(status_code: int, message: str, **extra: Any) -> JSONResponse:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from registry.models import Server, Tool
 from registry.specs import TransportName
@@ -19,6 +19,7 @@ class ServerUpdate(BaseModel):
 
     transport: TransportName | None = None
     description: str | None = None
+    category: str | None = None
     command: str | None = None
     args: list[str] | None = None
     env: dict[str, str] | None = None
@@ -68,6 +69,7 @@ class ServerOut(BaseModel):
     id: int
     name: str
     description: str
+    category: str | None
     transport: str
     command: str | None
     args: list[str]
@@ -92,6 +94,7 @@ class ServerOut(BaseModel):
             id=server.id,
             name=server.name,
             description=server.description,
+            category=server.category,
             transport=server.transport,
             command=server.command,
             args=list(server.args),
@@ -144,6 +147,32 @@ class ToolOut(BaseModel):
             first_seen_at=tool.first_seen_at,
             updated_at=tool.updated_at,
         )
+
+
+class ExamplesIn(BaseModel):
+    """Queries a tool answers; each counts as a use of it (Tool2Vec usage evidence)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queries: list[Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]] = (
+        Field(min_length=1, max_length=1000)
+    )
+
+
+class ToolExamples(ExamplesIn):
+    tool: str = Field(min_length=1, description="The tool's exposed name.")
+
+
+class ExamplesImport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    examples: list[ToolExamples] = Field(min_length=1, max_length=10_000)
+
+
+class UsageOut(BaseModel):
+    tool: str
+    recorded: int = 0
+    usage_count: int
 
 
 class ToolList(BaseModel):

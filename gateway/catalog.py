@@ -1,22 +1,32 @@
-"""The servable catalog: enabled tools of enabled servers, held in memory for lookup and search.
+"""The catalog: every registered tool, held for lookup, and the retriever that searches them.
 
-Rebuilt from the registry after every change (sync, enable/disable, delete). The lexical index
-is updated incrementally: only tools whose definition hash changed are re-indexed.
+Rebuilt from the registry after every change (sync, enable/disable, delete). Only tools whose
+definition hash changed are re-embedded; disabled tools stay indexed with `enabled: false` and
+are filtered inside the index query. Model work runs in worker threads, outside the lock that
+serialises changes to the retriever, so searches keep answering while a large sync indexes.
 """
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import numpy as np
 
 from registry.models import Tool
 from registry.repository import Registry, spec_of
 from registry.specs import ServerSpec
 from retrieval.documents import ToolText
-from retrieval.lexical import LexicalIndex
+from retrieval.index import IndexFilter
+from retrieval.pipeline import Retriever, ToolRecord
+from retrieval.usage import UsageState, Vector
+
+logger = logging.getLogger(__name__)
+_BATCH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,37 +41,73 @@ class CatalogTool:
     output_schema: dict[str, Any] | None
     annotations: dict[str, Any] | None
     definition_hash: str
+    enabled: bool = True  # the tool and its server are both enabled
 
 
 @dataclass(frozen=True, slots=True)
 class SearchHit:
     tool: CatalogTool
     score: float
+    stages: Mapping[str, float] = field(default_factory=dict)
+    why: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FindResult:
+    hits: list[SearchHit]
+    vector: Vector  # the query's embedding, for usage learning
+
+
+@dataclass(frozen=True, slots=True)
+class SearchFilters:
+    server: str | None = None
+    category: str | None = None
+    read_only: bool | None = None
+
+
+def _hint(annotations: Mapping[str, Any] | None, key: str) -> bool | None:
+    value = (annotations or {}).get(key)
+    return value if isinstance(value, bool) else None
 
 
 class Catalog:
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, retriever: Retriever) -> None:
         self._registry = registry
+        self.retriever = retriever
         self._tools: dict[str, CatalogTool] = {}
         self._servers: dict[str, ServerSpec] = {}
-        self._index = LexicalIndex()
-        self._lock = anyio.Lock()
+        self._refresh_lock = anyio.Lock()
+        self._lock = anyio.Lock()  # serialises retriever state changes and searches
+        self._loaded = False
         self.ready = False
+        self.indexing = 0  # tools waiting to be embedded
+        self.embedded = 0  # tools embedded since start (adopted ones are not)
+
+    # -- loading -------------------------------------------------------------------------------
 
     async def refresh(self) -> None:
-        """Reload from the registry; concurrent callers queue so the last reload wins."""
-        async with self._lock:
-            rows = await self._registry.servable_tools()
-            self._apply(rows)
+        """Reload from the registry and bring the index up to date; concurrent callers queue."""
+        async with self._refresh_lock:
+            rows = await self._registry.all_tools()
+            tools, servers, records = self._snapshot(rows)
+            self._tools, self._servers = tools, servers
+            await self._sync_index(records)
+            if not self._loaded:
+                await self._load_usage()
+                self._loaded = True
             self.ready = True
 
-    def _apply(self, rows: list[Tool]) -> None:
+    def _snapshot(
+        self, rows: list[Tool]
+    ) -> tuple[dict[str, CatalogTool], dict[str, ServerSpec], list[ToolRecord]]:
         tools: dict[str, CatalogTool] = {}
         servers: dict[str, ServerSpec] = {}
+        records: list[ToolRecord] = []
         for row in rows:
             server = row.server
-            if server.name not in servers:
-                servers[server.name] = spec_of(server)
+            spec = servers.get(server.name) or spec_of(server)
+            servers[server.name] = spec
+            enabled = row.enabled and server.enabled
             tools[row.exposed_name] = CatalogTool(
                 id=row.id,
                 exposed_name=row.exposed_name,
@@ -73,47 +119,157 @@ class Catalog:
                 output_schema=row.output_schema,
                 annotations=row.annotations,
                 definition_hash=row.definition_hash,
+                enabled=enabled,
             )
-        for name, old in self._tools.items():
-            new = tools.get(name)
-            if new is None or new.definition_hash != old.definition_hash:
-                self._index.remove(name)
-        for name, fresh in tools.items():
-            previous = self._tools.get(name)
-            if previous is None or previous.definition_hash != fresh.definition_hash:
-                self._index.add(self._text(fresh, servers[fresh.server]))
-        self._tools = tools
-        self._servers = servers
+            text = ToolText(
+                tool_id=row.exposed_name,
+                server=server.name,
+                server_description=server.description,
+                name=row.name,
+                title=row.title or "",
+                description=row.description,
+                input_schema=row.input_schema,
+                examples=(),
+            )
+            records.append(
+                ToolRecord(
+                    text=text,
+                    version=row.definition_hash,
+                    category=server.category,
+                    read_only=_hint(row.annotations, "readOnlyHint"),
+                    destructive=_hint(row.annotations, "destructiveHint"),
+                    enabled=enabled,
+                )
+            )
+        return tools, servers, records
 
-    @staticmethod
-    def _text(tool: CatalogTool, server: ServerSpec) -> ToolText:
-        return ToolText(
-            tool_id=tool.exposed_name,
-            server=tool.server,
-            server_description=server.description,
-            name=tool.name,
-            title=tool.title or "",
-            description=tool.description,
-            input_schema=tool.input_schema,
-            examples=(),
-        )
+    async def _sync_index(self, records: list[ToolRecord]) -> None:
+        retriever = self.retriever
+        wanted = {r.tool_id for r in records}
+        async with self._lock:
+            gone = [tool_id for tool_id in list(retriever.tool_ids()) if tool_id not in wanted]
+            if gone:
+                await anyio.to_thread.run_sync(retriever.remove, gone)
+            if not self._loaded:  # after a restart, vectors already stored are reused
+                records = await anyio.to_thread.run_sync(retriever.adopt, records)
+            await anyio.to_thread.run_sync(retriever.apply_payloads, records)
+            pending = retriever.pending(records)
+        self.indexing = len(pending)
+        if pending:
+            logger.info("embedding %d new or changed tools", len(pending))
+        for start in range(0, len(pending), _BATCH):
+            batch = pending[start : start + _BATCH]
+            embedded = await anyio.to_thread.run_sync(retriever.embed, batch)
+            async with self._lock:
+                await anyio.to_thread.run_sync(retriever.store, batch, embedded)
+            self.embedded += len(batch)
+            self.indexing = max(0, len(pending) - start - len(batch))
+
+    async def _load_usage(self) -> None:
+        stored = await self._registry.load_usage()
+        states = {
+            name: UsageState(total=np.frombuffer(total, dtype=np.float32).copy(), count=count)
+            for name, (count, total) in stored.items()
+            if len(total) == 4 * self.retriever.embedder.dim
+        }
+        if states:
+            async with self._lock:
+                await anyio.to_thread.run_sync(self.retriever.load_usage, states)
+
+    # -- lookups -------------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._tools)
+        return sum(1 for tool in self._tools.values() if tool.enabled)
 
     def get(self, exposed_name: str) -> CatalogTool | None:
-        return self._tools.get(exposed_name)
+        """A servable tool by exposed name (disabled tools are not returned)."""
+        tool = self._tools.get(exposed_name)
+        return tool if tool is not None and tool.enabled else None
+
+    def knows(self, exposed_name: str) -> bool:
+        """Whether the tool is registered (enabled or not)."""
+        return exposed_name in self._tools
+
+    def usage_count(self, exposed_name: str) -> int:
+        """How many uses (examples, live calls, imports) the tool's usage vector holds."""
+        state = self.retriever.usage.get(exposed_name)
+        return state.count if state is not None else 0
+
+    def stats(self) -> dict[str, Any]:
+        """What the index holds, for the admin API."""
+        return {
+            "tools": len(self.retriever),
+            "servable": len(self),
+            "pending": self.indexing,
+            "embedded_since_start": self.embedded,
+            "tools_with_usage": sum(1 for _ in self.retriever.usage.items()),
+            "embedder": self.retriever.embedder.model_id,
+            "ready": self.ready,
+        }
 
     def server_spec(self, name: str) -> ServerSpec | None:
         return self._servers.get(name)
 
     def suggest(self, name: str, n: int = 3) -> list[str]:
         """The exposed names closest to a mistyped one (also matching bare upstream names)."""
-        exact_upstream = [t.exposed_name for t in self._tools.values() if t.name == name]
-        close = difflib.get_close_matches(name, list(self._tools), n=n, cutoff=0.5)
+        servable = [t for t in self._tools.values() if t.enabled]
+        exact_upstream = [t.exposed_name for t in servable if t.name == name]
+        close = difflib.get_close_matches(name, [t.exposed_name for t in servable], n=n, cutoff=0.5)
         return list(dict.fromkeys(exact_upstream + close))[:n]
 
-    def search(self, query: str, limit: int, *, server: str | None = None) -> list[SearchHit]:
-        allowed = None if server is None else (lambda tool_id: self._tools[tool_id].server == server)
-        hits = self._index.search(query, limit, allowed=allowed)
-        return [SearchHit(self._tools[tool_id], score) for tool_id, score in hits if tool_id in self._tools]
+    # -- search and usage ----------------------------------------------------------------------
+
+    async def embed_query(self, query: str) -> Vector:
+        return await anyio.to_thread.run_sync(self.retriever.embed_query, query)
+
+    async def search(self, query: str, limit: int, filters: SearchFilters | None = None) -> FindResult:
+        """The best `limit` servable tools for `query` (embedding runs outside the lock)."""
+        flt = _index_filter(filters)
+        vector = await self.embed_query(query)
+        async with self._lock:
+            hits = await anyio.to_thread.run_sync(
+                self.retriever.search_with_vector, query, vector, limit, flt
+            )
+        found = []
+        for hit in hits:
+            tool = self.get(hit.tool_id)
+            if tool is not None:
+                found.append(SearchHit(tool, hit.score, hit.stages, hit.why))
+        return FindResult(found, vector)
+
+    async def record_use(self, exposed_name: str, vector: Vector) -> bool:
+        """A successful use of a tool for a query: update its usage vector, then persist it.
+        False when the tool is gone."""
+        async with self._lock:
+            state = await anyio.to_thread.run_sync(self.retriever.record_use, exposed_name, vector)
+        if state is None:
+            return False
+        total = state.total.astype(np.float32).tobytes()
+        return await self._registry.save_usage(exposed_name, state.count, total)
+
+    async def add_examples(self, exposed_name: str, queries: list[str]) -> int:
+        """Example queries for a tool count as uses of it (the same evidence live calls give).
+        Returns how many were recorded; raises KeyError for a tool not in the catalog."""
+        if exposed_name not in self._tools:
+            raise KeyError(exposed_name)
+        vectors = await anyio.to_thread.run_sync(self.retriever.embedder.encode, queries)
+        recorded = 0
+        async with self._lock:
+            state = None
+            for vector in vectors:
+                state = await anyio.to_thread.run_sync(self.retriever.record_use, exposed_name, vector)
+                recorded += state is not None
+        if state is not None:
+            total = state.total.astype(np.float32).tobytes()
+            await self._registry.save_usage(exposed_name, state.count, total)
+        return recorded
+
+
+def _index_filter(filters: SearchFilters | None) -> IndexFilter | None:
+    if filters is None or filters == SearchFilters():
+        return None
+    return IndexFilter(
+        servers=frozenset([filters.server]) if filters.server is not None else None,
+        categories=frozenset([filters.category]) if filters.category is not None else None,
+        read_only=filters.read_only,
+    )

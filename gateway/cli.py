@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -13,6 +14,7 @@ from typing import Any
 
 import anyio
 
+from . import cli_eval
 from .settings import Settings, SettingsError, load_settings
 
 
@@ -114,6 +116,53 @@ def _sync(settings: Settings, name: str | None) -> int:
     return 0 if all(r["ok"] for r in reports) else 1
 
 
+def _search(settings: Settings, args: argparse.Namespace) -> int:
+    from .catalog import SearchFilters
+    from .retrieval_setup import RetrievalSetupError
+    from .runtime import gateway_runtime
+
+    if not args.query.strip():
+        print("toolgate search: the query is empty", file=sys.stderr)
+        return 2
+    filters = SearchFilters(server=args.server, category=args.category, read_only=args.read_only)
+
+    async def main() -> list[dict[str, Any]]:
+        quiet = settings.model_copy(update={"sync_interval_s": 0, "demo": False})
+        async with gateway_runtime(quiet, sync_on_start=False) as service:
+            hits = await service.find_tools(args.query, args.limit, filters)
+            return [
+                {
+                    "rank": rank,
+                    "name": hit.tool.exposed_name,
+                    "server": hit.tool.server,
+                    "score": round(hit.score, 5),
+                    "stages": dict(hit.stages),
+                    "why": hit.why,
+                    "description": hit.tool.description,
+                }
+                for rank, hit in enumerate(hits, 1)
+            ]
+
+    try:
+        rows = anyio.run(main)
+    except RetrievalSetupError as exc:
+        print(f"toolgate search: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    if not rows:
+        print("no tools match")
+        return 0
+    for row in rows:
+        stages = "  ".join(f"{k}={v}" for k, v in row["stages"].items())
+        print(f"{row['rank']:>2}. {row['name']}  score={row['score']}  [{stages}]")
+        print(f"    {row['why']}")
+        description = " ".join(row["description"].split())
+        print(f"    {description[:160]}{'...' if len(description) > 160 else ''}")
+    return 0
+
+
 def _report(report: Any) -> dict[str, Any]:
     data = asdict(report)
     data["duration_s"] = round(data["duration_s"], 3)
@@ -141,6 +190,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     sync = commands.add_parser("sync", help="sync one server (by name) or all of them now")
     sync.add_argument("server", nargs="?")
+
+    search = commands.add_parser(
+        "search", help="rank the registered tools for a query, with the score breakdown"
+    )
+    search.add_argument("query")
+    search.add_argument("--limit", type=int, default=10, choices=range(1, 201), metavar="N")
+    search.add_argument("--server", help="only tools of this server")
+    search.add_argument("--category", help="only tools of servers in this category")
+    search.add_argument(
+        "--read-only",
+        dest="read_only",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="only tools that declare readOnlyHint true (--no-read-only: false)",
+    )
+    search.add_argument("--json", action="store_true", help="print JSON")
+
+    cli_eval.add_parser(commands)
     return parser
 
 
@@ -158,7 +225,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"toolgate: {exc}", file=sys.stderr)
         return 2
-    _configure_logging(settings.log_level)
+    # Report commands print results; INFO lines (migrations, sync) would drown them.
+    quiet = args.command in ("search", "eval") and "TOOLGATE_LOG_LEVEL" not in os.environ
+    _configure_logging("WARNING" if quiet else settings.log_level)
     if args.command == "serve":
         return _serve(settings)
     if args.command == "stdio":
@@ -167,6 +236,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _db_upgrade(settings)
     if args.command == "import":
         return _import(settings, args.file)
+    if args.command == "search":
+        return _search(settings, args)
+    if args.command == "eval":
+        return cli_eval.run(args, settings)
     return _sync(settings, args.server)
 
 

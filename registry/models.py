@@ -70,6 +70,7 @@ class Server(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
+    category: Mapped[str | None] = mapped_column(String(64), default=None)
     transport: Mapped[str] = mapped_column(String(16))
     command: Mapped[str | None] = mapped_column(Text, default=None)
     args: Mapped[list[str]] = mapped_column(JSONType, default=list)

@@ -26,6 +26,7 @@ _SPEC_FIELDS = (
     "name",
     "transport",
     "description",
+    "category",
     "command",
     "args",
     "env",

@@ -21,6 +21,9 @@ class ServerSpec(BaseModel):
     name: str = Field(description="Unique; 1-32 of [A-Za-z0-9_-], no '__'. Prefixes exposed tool names.")
     transport: TransportName = "stdio"
     description: str = ""
+    category: str | None = Field(
+        None, min_length=1, max_length=64, description="Free label for find_tools' category filter."
+    )
     command: str | None = None
     args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)

@@ -35,6 +35,10 @@ class IndexMismatchError(Exception):
     """The stored index was built with another dimension or other vector names: rebuild it."""
 
 
+class IndexInUseError(Exception):
+    """An embedded index directory is already open (this engine allows one opener)."""
+
+
 @dataclass(frozen=True)
 class IndexedTool:
     """One tool as stored: its named vectors (L2-normalised, one dimension) and its payload.

@@ -7,6 +7,8 @@ loads the segments as they are, without re-indexing.
 
 from __future__ import annotations
 
+import fcntl
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +26,7 @@ from retrieval.index import (
     HnswSettings,
     IndexedTool,
     IndexFilter,
+    IndexInUseError,
     IndexMismatchError,
     Match,
     check_layout,
@@ -57,14 +60,20 @@ class EdgeVectorIndex:
     ) -> None:
         """Open the index at ``path``, or create it there.
 
-        Raises :class:`IndexMismatchError` if the stored index has another dim or vector names.
+        Raises :class:`IndexMismatchError` if the stored index has another dim or vector names,
+        :class:`IndexInUseError` if another open index (in any process) holds ``path``.
         """
         self._names = check_layout(dim, vector_names)
         self._dim = dim
         self._hnsw = hnsw or HnswSettings()
         self._path = path
-        self._shard: qe.EdgeShard | None = _open_shard(path, _config(dim, self._names, self._hnsw))
-        self._ensure_payload_indexes()
+        self._lock_fd: int | None = _lock(path)
+        try:
+            self._shard: qe.EdgeShard | None = _open_shard(path, _config(dim, self._names, self._hnsw))
+            self._ensure_payload_indexes()
+        except BaseException:
+            self._unlock()
+            raise
 
     @property
     def vector_names(self) -> tuple[str, ...]:
@@ -208,6 +217,12 @@ class EdgeVectorIndex:
             self._shard.flush()
             self._shard.close()
             self._shard = None
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
 
     def _point(self, tool: IndexedTool) -> qe.Point:
         named: dict[str, NamedVector] = {
@@ -235,6 +250,20 @@ def _config(dim: int, names: tuple[str, ...], hnsw: HnswSettings) -> qe.EdgeConf
         ),
         optimizers=optimizers,
     )
+
+
+def _lock(path: Path) -> int:
+    """Hold ``<path>.lock`` exclusively: the engine is single-writer, and its own WAL lock
+    fails with an opaque error, so a second opener gets a clear one instead."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise IndexInUseError(f"the vector index at {path} is open in another process") from None
+    return fd
 
 
 def _open_shard(path: Path, config: qe.EdgeConfig) -> qe.EdgeShard:

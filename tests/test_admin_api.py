@@ -74,7 +74,7 @@ async def test_register_sync_and_hide_secrets(gateway: Gateway) -> None:
     tools = (await gateway.http.get("/admin/tools", params={"server": "echo"})).json()
     assert tools["total"] == body["tool_count"]
     assert {t["exposed_name"] for t in tools["tools"]} >= {"echo__echo", "echo__add"}
-    hits = gateway.service.find_tools("add two numbers together", 3)
+    hits = await gateway.service.find_tools("add two numbers together", 3)
     assert hits[0].tool.exposed_name == "echo__add"
 
 
@@ -157,7 +157,7 @@ async def test_enable_disable_and_delete(gateway: Gateway) -> None:
     patched = await gateway.http.patch(f"/admin/tools/{tool_id}", json={"enabled": False})
     assert patched.json()["enabled"] is False
     assert (await gateway.service.call_tool("echo__echo", {"text": "x"})).is_error
-    assert all(h.tool.exposed_name != "echo__echo" for h in gateway.service.find_tools("echo text", 10))
+    assert all(h.tool.exposed_name != "echo__echo" for h in await gateway.service.find_tools("echo text", 10))
     await gateway.http.patch(f"/admin/tools/{tool_id}", json={"enabled": True})
     assert not (await gateway.service.call_tool("echo__echo", {"text": "x"})).is_error
 
