@@ -5,6 +5,7 @@ Blocking (model loading, opening the index): callers run it in a worker thread.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -30,7 +31,10 @@ def index_path(settings: Settings) -> Path:
 
 
 def retrieval_settings(settings: Settings) -> RetrievalSettings:
-    return RetrievalSettings(pool_size=settings.retrieval_pool)
+    defaults = RetrievalSettings()
+    if settings.retrieval_pool is None:
+        return defaults
+    return dataclasses.replace(defaults, pool_size=settings.retrieval_pool)
 
 
 def build_embedder(settings: Settings) -> Embedder:

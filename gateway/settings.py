@@ -62,7 +62,9 @@ class Settings(BaseSettings):
     qdrant_api_key: str | None = Field(
         None, validation_alias=AliasChoices("QDRANT_API_KEY", "TOOLGATE_QDRANT_API_KEY"), repr=False
     )
-    retrieval_pool: int = Field(64, ge=8, le=1000, description="Stage-1 candidates re-scored by stage 2.")
+    retrieval_pool: int | None = Field(
+        None, ge=8, le=1000, description="Stage-1 candidates re-scored by stage 2 (default: the engine's)."
+    )
     learn_from_calls: bool = Field(
         True, description="Count a successful call_tool after a find_tools that offered it as a use."
     )
