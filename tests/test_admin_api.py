@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from gateway.app import create_app
+from gateway.catalog import SearchFilters
 from gateway.services import GatewayService
 from gateway.settings import Settings
 from registry.specs import ServerSpec
@@ -239,3 +240,58 @@ async def test_periodic_sync_runs_on_its_interval(tmp_path: Path) -> None:
         with anyio.fail_after(15):
             while not await later():  # noqa: ASYNC110 - polling the database, bounded
                 await anyio.sleep(0.1)
+
+
+async def test_index_follows_the_registry_incrementally(gateway: Gateway) -> None:
+    """Only new or changed tools are embedded; deleted ones leave results at once; disabled
+    ones stay indexed and are filtered inside the query."""
+    server = (await gateway.http.post("/admin/servers", json=echo_body())).json()
+    stats = (await gateway.http.get("/admin/index")).json()
+    assert stats["tools"] == stats["embedded_since_start"] == server["tool_count"]
+    assert stats["pending"] == 0
+
+    await gateway.http.post(f"/admin/servers/{server['id']}/sync")  # nothing changed upstream
+    assert (await gateway.http.get("/admin/index")).json()["embedded_since_start"] == server["tool_count"]
+
+    await gateway.service.call_tool("echo__toggle_tool", {})  # the upstream adds "surprise"
+    await wait_until(lambda: gateway.service.catalog.get("echo__surprise") is not None)
+    stats = (await gateway.http.get("/admin/index")).json()
+    assert stats["embedded_since_start"] == server["tool_count"] + 1  # just the new tool
+    hits = await gateway.service.find_tools("a tool that comes and goes", 3)
+    assert hits[0].tool.exposed_name == "echo__surprise"
+
+    await gateway.service.call_tool("echo__toggle_tool", {})  # ... and removes it again
+    await wait_until(lambda: gateway.service.catalog.get("echo__surprise") is None)
+    hits = await gateway.service.find_tools("a tool that comes and goes", 10)
+    assert "echo__surprise" not in {h.tool.exposed_name for h in hits}
+
+    await gateway.http.patch(f"/admin/servers/{server['id']}", json={"enabled": False})
+    assert await gateway.service.find_tools("add two numbers", 5) == []
+    disabled = (await gateway.http.get("/admin/index")).json()
+    assert disabled["tools"] == server["tool_count"]  # still indexed, filtered in the query
+    assert disabled["servable"] == 0
+    await gateway.http.patch(f"/admin/servers/{server['id']}", json={"enabled": True})
+    hits = await gateway.service.find_tools("add two numbers", 5)
+    assert hits[0].tool.exposed_name == "echo__add"
+    assert (await gateway.http.get("/admin/index")).json()["embedded_since_start"] == stats[
+        "embedded_since_start"
+    ]  # re-enabling re-embeds nothing
+
+    await gateway.http.delete(f"/admin/servers/{server['id']}")
+    assert (await gateway.http.get("/admin/index")).json()["tools"] == 0
+    assert await gateway.service.find_tools("add two numbers", 5) == []
+
+
+async def test_find_tools_filters_in_process(gateway: Gateway) -> None:
+    await gateway.http.post("/admin/servers", json=echo_body("alpha"))
+    await gateway.http.post("/admin/servers", json={**echo_body("beta"), "category": "math"})
+    only_beta = await gateway.service.find_tools("add two numbers", 5, SearchFilters(server="beta"))
+    assert only_beta
+    assert {h.tool.server for h in only_beta} == {"beta"}
+    math = await gateway.service.find_tools("add two numbers", 5, SearchFilters(category="math"))
+    assert {h.tool.server for h in math} == {"beta"}
+    assert await gateway.service.find_tools("add", 5, SearchFilters(category="nope")) == []
+    assert await gateway.service.find_tools("add", 5, SearchFilters(server="nope")) == []
+    for hit in only_beta:
+        assert hit.why
+        assert set(hit.stages) >= {"dense", "lexical"}
