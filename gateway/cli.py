@@ -118,7 +118,6 @@ def _sync(settings: Settings, name: str | None) -> int:
 
 def _search(settings: Settings, args: argparse.Namespace) -> int:
     from .catalog import SearchFilters
-    from .retrieval_setup import RetrievalSetupError
     from .runtime import gateway_runtime
 
     if not args.query.strip():
@@ -143,11 +142,7 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
                 for rank, hit in enumerate(hits, 1)
             ]
 
-    try:
-        rows = anyio.run(main)
-    except RetrievalSetupError as exc:
-        print(f"toolgate search: {exc}", file=sys.stderr)
-        return 2
+    rows = anyio.run(main)
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return 0
@@ -228,6 +223,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Report commands print results; INFO lines (migrations, sync) would drown them.
     quiet = args.command in ("search", "eval") and "TOOLGATE_LOG_LEVEL" not in os.environ
     _configure_logging("WARNING" if quiet else settings.log_level)
+    from .retrieval_setup import RetrievalSetupError, check_model
+
+    try:
+        if args.command in ("serve", "stdio", "import", "sync", "search"):
+            check_model(settings)
+        return _dispatch(args, settings)
+    except RetrievalSetupError as exc:
+        print(f"toolgate {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
         return _serve(settings)
     if args.command == "stdio":

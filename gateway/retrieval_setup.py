@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from retrieval.embedder import EmbedderError, load_embedder
+from retrieval.embedder import EmbedderError, load_embedder, resolve_model_path
 from retrieval.index import IndexInUseError, IndexMismatchError, VectorIndex, open_index
 from retrieval.pipeline import VECTOR_NAMES, Embedder, RetrievalSettings, Retriever
 
@@ -35,6 +35,14 @@ def retrieval_settings(settings: Settings) -> RetrievalSettings:
     if settings.retrieval_pool is None:
         return defaults
     return dataclasses.replace(defaults, pool_size=settings.retrieval_pool)
+
+
+def check_model(settings: Settings) -> None:
+    """Fail fast, before any server starts, when the embedding model cannot be found."""
+    try:
+        resolve_model_path(settings.embedding_model)
+    except EmbedderError as exc:
+        raise RetrievalSetupError(f"TOOLGATE_EMBEDDING_MODEL: {exc}") from None
 
 
 def build_embedder(settings: Settings) -> Embedder:

@@ -215,6 +215,17 @@ def test_cli_rejects_bad_files_and_settings(tmp_path: Path) -> None:
     assert settings.returncode == 2
     assert "TOOLGATE_PORT" in settings.stderr
     assert "Traceback" not in settings.stderr
+    for command in (["serve"], ["stdio"], ["search", "x"]):
+        no_model = subprocess.run(
+            [TOOLGATE, *command],
+            env={**env, "TOOLGATE_EMBEDDING_MODEL": str(tmp_path / "no-such-model")},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert no_model.returncode == 2, command
+        assert "TOOLGATE_EMBEDDING_MODEL" in no_model.stderr
+        assert "Traceback" not in no_model.stderr
 
 
 def test_db_upgrade_command(tmp_path: Path) -> None:
