@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, FastAPI, Query, Request, Response, status
@@ -23,6 +24,8 @@ from .admin_schemas import (
     ToolUpdate,
     UsageOut,
 )
+from .conversations import ConversationMemory
+from .memory import InvalidConversationError, InvalidCursorError, MemoryUnavailableError
 from .services import GatewayService
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -170,6 +173,52 @@ async def import_examples(body: ExamplesImport, request: Request) -> list[UsageO
     return [UsageOut(tool=n, recorded=k, usage_count=service.usage_count(n)) for n, k in recorded.items()]
 
 
+@router.get("/conversations")
+async def list_conversations(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """Conversations with a working set, least recently active first (paged by `cursor`)."""
+    page = await _memory(request).store.list(limit, cursor)
+    return {
+        "conversations": [dataclasses.asdict(item) for item in page.items],
+        "next_cursor": page.next_cursor,
+    }
+
+
+@router.get("/conversations/{conversation:path}")
+async def get_conversation(conversation: str, request: Request) -> dict[str, Any]:
+    """A conversation's working set: each tool with when it was added, returned and called."""
+    memory = _memory(request)
+    working_set = await memory.get(conversation)
+    if working_set is None:
+        raise NotFoundError(f"no working set for conversation {conversation!r}")
+    return {
+        "conversation": conversation,
+        "mode": memory.mode_of(working_set),
+        "turn": working_set.turn,
+        "count": len(working_set),
+        "capacity": memory.rules.capacity,
+        "updated_at": working_set.updated_at,
+        "tools": {name: dataclasses.asdict(entry) for name, entry in working_set.tools.items()},
+    }
+
+
+@router.delete("/conversations/{conversation:path}", status_code=status.HTTP_204_NO_CONTENT)
+async def clear_conversation(conversation: str, request: Request) -> Response:
+    if not await _memory(request).clear(conversation):
+        raise NotFoundError(f"no working set for conversation {conversation!r}")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _memory(request: Request) -> ConversationMemory:
+    memory = _service(request).memory
+    if memory is None:
+        raise NotFoundError("conversation memory is off")
+    return memory
+
+
 def _error(status_code: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse(status_code=status_code, content={"detail": message, **extra})
 
@@ -190,6 +239,15 @@ def install_error_handlers(app: FastAPI) -> None:
         problems = exc.problems if isinstance(exc, ImportFileError) else [str(exc)]
         return _error(422, "invalid import document; nothing was imported", problems=problems)
 
+    async def memory_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+        return _error(503, str(exc))
+
+    async def bad_memory_input(_request: Request, exc: Exception) -> JSONResponse:
+        return _error(422, str(exc))
+
+    app.add_exception_handler(MemoryUnavailableError, memory_unavailable)
+    app.add_exception_handler(InvalidConversationError, bad_memory_input)
+    app.add_exception_handler(InvalidCursorError, bad_memory_input)
     app.add_exception_handler(NotFoundError, not_found)
     app.add_exception_handler(DuplicateError, duplicate)
     app.add_exception_handler(InvalidSpecError, invalid_spec)

@@ -128,7 +128,7 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
     async def main() -> list[dict[str, Any]]:
         quiet = settings.model_copy(update={"sync_interval_s": 0, "demo": False})
         async with gateway_runtime(quiet, sync_on_start=False) as service:
-            hits = await service.find_tools(args.query, args.limit, filters)
+            hits = (await service.find_tools(args.query, args.limit, filters)).hits
             return [
                 {
                     "rank": rank,

@@ -1,13 +1,14 @@
 """The MCP front door: a stable set of meta-tools that every client can use.
 
 `tools/list` never changes (so prompt caches stay valid and every client works); the tools
-behind the gateway are reached through `find_tools` and `call_tool`.
+behind the gateway are reached through `find_tools` and `call_tool`, and `forget_tools` trims
+the conversation's working set. Handlers validate and translate; the services do the work.
 """
 
 from __future__ import annotations
 
 import json
-import time
+import uuid
 from typing import Any
 
 import mcp_types as types
@@ -15,110 +16,18 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 
 from .catalog import SearchFilters, SearchHit
+from .conversations import MODES, WorkingSetFull
 from .forwarder import error_result
+from .memory import InvalidConversationError, MemoryStoreError
+from .memory.store import check_conversation
+from .meta_tools import CALL_TOOL, FIND_TOOLS, FORGET_TOOLS, MAX_FORGET, MAX_QUERY_CHARS, NAMES, meta_tools
 from .services import GatewayService
 
-FIND_TOOLS = "find_tools"
-CALL_TOOL = "call_tool"
-
-_CARD_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "description": "Pass this to call_tool."},
-        "title": {"type": ["string", "null"]},
-        "description": {"type": "string"},
-        "server": {"type": "string"},
-        "input_schema": {"type": "object"},
-        "score": {"type": "number"},
-        "why": {"type": "string", "description": "Which stage and field matched."},
-    },
-    "required": ["name", "description", "server", "input_schema", "score", "why"],
-}
-
-_CONVERSATION: dict[str, Any] = {
-    "type": "string",
-    "minLength": 1,
-    "maxLength": 128,
-    "description": (
-        "Optional id of the conversation this belongs to, when one MCP session carries several; "
-        "the session itself is used otherwise."
-    ),
-}
-_MAX_QUERY_CHARS = 2000
+_FIND_ARGUMENTS = frozenset({"query", "limit", "server", "category", "read_only", "conversation", "mode"})
 
 
-def meta_tools(max_limit: int, default_limit: int) -> list[types.Tool]:
-    """The fixed meta-tool surface."""
-    return [
-        types.Tool(
-            name=FIND_TOOLS,
-            title="Find tools",
-            description=(
-                "Search the tools of every MCP server behind this gateway. Describe the task in plain "
-                "words; you get the best-matching tools with their input schemas. Then run one with "
-                "call_tool, passing its exact name."
-            ),
-            input_schema={
-                "type": "object",
-                "properties": {
-                    "query": {"type": "string", "minLength": 1, "description": "What you want to do."},
-                    "limit": {
-                        "type": "integer",
-                        "minimum": 1,
-                        "maximum": max_limit,
-                        "default": default_limit,
-                        "description": "How many tools to return.",
-                    },
-                    "server": {"type": "string", "description": "Only tools of this server."},
-                    "category": {"type": "string", "description": "Only tools of servers in this category."},
-                    "read_only": {
-                        "type": "boolean",
-                        "description": "true: only tools that declare they change nothing; "
-                        "false: only tools that declare they may change something.",
-                    },
-                    "conversation": _CONVERSATION,
-                },
-                "required": ["query"],
-                "additionalProperties": False,
-            },
-            output_schema={
-                "type": "object",
-                "properties": {
-                    "tools": {"type": "array", "items": _CARD_SCHEMA},
-                    "total_tools": {"type": "integer"},
-                },
-                "required": ["tools", "total_tools"],
-            },
-            annotations=types.ToolAnnotations(
-                read_only_hint=True, destructive_hint=False, open_world_hint=False
-            ),
-        ),
-        types.Tool(
-            name=CALL_TOOL,
-            title="Call a tool",
-            description=(
-                "Run a tool found with find_tools: give its exact name and the arguments its input "
-                "schema asks for. The tool's own result is returned unchanged."
-            ),
-            input_schema={
-                "type": "object",
-                "properties": {
-                    "name": {
-                        "type": "string",
-                        "minLength": 1,
-                        "description": "The tool name from find_tools.",
-                    },
-                    "arguments": {"type": "object", "description": "Arguments for that tool.", "default": {}},
-                    "conversation": _CONVERSATION,
-                },
-                "required": ["name"],
-                "additionalProperties": False,
-            },
-            annotations=types.ToolAnnotations(
-                read_only_hint=False, destructive_hint=True, open_world_hint=True
-            ),
-        ),
-    ]
+class _BadConversation(Exception):
+    pass
 
 
 def tool_card(hit: SearchHit) -> dict[str, Any]:
@@ -147,61 +56,79 @@ def build_mcp_server(service: GatewayService, *, default_limit: int = 5, max_lim
         ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         arguments = dict(params.arguments or {})
-        conversation = _conversation(ctx, arguments.get("conversation"))
-        if conversation is None:
-            return error_result("'conversation' must be a string of 1 to 128 characters")
+        try:
+            conversation = _conversation(ctx, arguments.get("conversation"), issue=params.name == FIND_TOOLS)
+        except _BadConversation as exc:
+            return error_result(str(exc))
         if params.name == FIND_TOOLS:
             return await _find(service, arguments, default_limit, max_limit, conversation)
         if params.name == CALL_TOOL:
-            name = arguments.get("name")
-            inner = arguments.get("arguments", {})
-            unknown = set(arguments) - {"name", "arguments", "conversation"}
-            if not isinstance(name, str) or not name:
-                return error_result("call_tool needs 'name': the exact tool name returned by find_tools")
-            if not isinstance(inner, dict):
-                return error_result("call_tool 'arguments' must be an object")
-            if unknown:
-                return error_result(
-                    f"call_tool takes only 'name', 'arguments' and 'conversation' (got {sorted(unknown)})"
-                )
-            return await service.call_tool(name, inner, conversation=conversation)
-        return error_result(f"unknown tool {params.name!r}: this gateway offers {FIND_TOOLS} and {CALL_TOOL}")
+            return await _call(service, arguments, conversation)
+        if params.name == FORGET_TOOLS:
+            return await _forget(service, arguments, conversation)
+        return error_result(f"unknown tool {params.name!r}: this gateway offers {', '.join(NAMES)}")
 
     return Server(
         "toolgate",
         version="0.1.0",
         instructions=(
             "This gateway fronts many MCP servers. Use find_tools to discover the tools for a task, "
-            "then call_tool to run one."
+            "then call_tool to run one. Pass the conversation id from find_tools back on later calls."
         ),
         on_list_tools=on_list_tools,
         on_call_tool=on_call_tool,
     )
 
 
-def _conversation(ctx: ServerRequestContext[Any], given: object) -> str | None:
-    """Which conversation a request belongs to, for usage learning. None for a bad id.
-
-    The caller's `conversation` when given; else the HTTP session (protocol 2025-11-25); else,
-    for sessionless HTTP (2026-07-28), the client (address and user agent) within the current
-    hour, so the per-conversation cap is a per-client hourly cap; else (stdio) the session."""
+def _conversation(ctx: ServerRequestContext[Any], given: object, *, issue: bool) -> str | None:
+    """The conversation a request belongs to: the caller's id when given; else its MCP session
+    (HTTP on protocol 2025-11-25, or the stdio connection); else, on sessionless HTTP, a new
+    id when `issue` (find_tools hands it out) and None otherwise."""
     if given is not None:
-        if not isinstance(given, str) or not 1 <= len(given) <= 128:
-            return None
-        return f"c:{given}"
-    request = ctx.request
-    headers = getattr(request, "headers", None)
+        if not isinstance(given, str):
+            raise _BadConversation("'conversation' must be a string")
+        try:
+            return check_conversation(given)
+        except InvalidConversationError as exc:
+            raise _BadConversation(f"'conversation': {exc}") from None
+    headers = getattr(ctx.request, "headers", None)
     if headers is None:
-        return f"o:{id(ctx.session)}"
+        return f"stdio-{id(ctx.session):x}"
     session_id = headers.get("mcp-session-id")
     if session_id:
-        return f"s:{session_id}"
-    client = getattr(request, "client", None)
-    host = getattr(client, "host", "") or ""
-    return f"h:{host}|{headers.get('user-agent', '')}|{int(time.time() // 3600)}"
+        return f"session-{session_id}"[:128]
+    return f"conv-{uuid.uuid4().hex}" if issue else None
 
 
-_FIND_ARGUMENTS = frozenset({"query", "limit", "server", "category", "read_only", "conversation"})
+def _structured(payload: dict[str, Any]) -> types.CallToolResult:
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=json.dumps(payload, ensure_ascii=False))],
+        structured_content=payload,
+    )
+
+
+def _find_error(arguments: dict[str, Any], max_limit: int) -> str | None:
+    query = arguments.get("query")
+    limit = arguments.get("limit")
+    unknown = set(arguments) - _FIND_ARGUMENTS
+    if unknown:
+        return f"find_tools takes only {sorted(_FIND_ARGUMENTS)} (got {sorted(unknown)})"
+    if not isinstance(query, str) or not query.strip():
+        return "find_tools needs 'query': a few words describing the task"
+    if len(query) > MAX_QUERY_CHARS:
+        return f"find_tools 'query' is too long (at most {MAX_QUERY_CHARS} characters)"
+    if limit is not None and (
+        isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= max_limit
+    ):
+        return f"find_tools 'limit' must be an integer from 1 to {max_limit}"
+    for key in ("server", "category"):
+        if arguments.get(key) is not None and not isinstance(arguments[key], str):
+            return f"find_tools '{key}' must be a string"
+    if arguments.get("read_only") is not None and not isinstance(arguments["read_only"], bool):
+        return "find_tools 'read_only' must be true or false"
+    if arguments.get("mode") is not None and arguments["mode"] not in MODES:
+        return f"find_tools 'mode' must be one of {list(MODES)}"
+    return None
 
 
 async def _find(
@@ -209,32 +136,74 @@ async def _find(
     arguments: dict[str, Any],
     default_limit: int,
     max_limit: int,
-    conversation: str,
+    conversation: str | None,
 ) -> types.CallToolResult:
-    query = arguments.get("query")
-    limit = arguments.get("limit", default_limit)
-    server = arguments.get("server")
-    category = arguments.get("category")
-    read_only = arguments.get("read_only")
-    unknown = set(arguments) - _FIND_ARGUMENTS
+    problem = _find_error(arguments, max_limit)
+    if problem is not None:
+        return error_result(problem)
+    filters = SearchFilters(
+        server=arguments.get("server"),
+        category=arguments.get("category"),
+        read_only=arguments.get("read_only"),
+    )
+    try:
+        outcome = await service.find_tools(
+            arguments["query"],
+            arguments.get("limit", default_limit),
+            filters,
+            conversation=conversation,
+            mode=arguments.get("mode"),
+        )
+    except WorkingSetFull as exc:
+        return error_result(str(exc))
+    payload: dict[str, Any] = {
+        "tools": [tool_card(hit) for hit in outcome.hits],
+        "total_tools": len(service.catalog),
+        "conversation": conversation,
+    }
+    if outcome.memory is not None:
+        payload["memory"] = outcome.memory.as_dict()
+    elif outcome.memory_error is not None:
+        payload["memory_error"] = outcome.memory_error
+    return _structured(payload)
+
+
+async def _call(
+    service: GatewayService, arguments: dict[str, Any], conversation: str | None
+) -> types.CallToolResult:
+    name = arguments.get("name")
+    inner = arguments.get("arguments", {})
+    unknown = set(arguments) - {"name", "arguments", "conversation"}
+    if not isinstance(name, str) or not name:
+        return error_result("call_tool needs 'name': the exact tool name returned by find_tools")
+    if not isinstance(inner, dict):
+        return error_result("call_tool 'arguments' must be an object")
     if unknown:
-        return error_result(f"find_tools takes only {sorted(_FIND_ARGUMENTS)} (got {sorted(unknown)})")
-    if not isinstance(query, str) or not query.strip():
-        return error_result("find_tools needs 'query': a few words describing the task")
-    if len(query) > _MAX_QUERY_CHARS:
-        return error_result(f"find_tools 'query' is too long (at most {_MAX_QUERY_CHARS} characters)")
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= max_limit:
-        return error_result(f"find_tools 'limit' must be an integer from 1 to {max_limit}")
-    if server is not None and not isinstance(server, str):
-        return error_result("find_tools 'server' must be a server name")
-    if category is not None and not isinstance(category, str):
-        return error_result("find_tools 'category' must be a string")
-    if read_only is not None and not isinstance(read_only, bool):
-        return error_result("find_tools 'read_only' must be true or false")
-    filters = SearchFilters(server=server, category=category, read_only=read_only)
-    hits = await service.find_tools(query, limit, filters, conversation=conversation)
-    payload = {"tools": [tool_card(hit) for hit in hits], "total_tools": len(service.catalog)}
-    return types.CallToolResult(
-        content=[types.TextContent(type="text", text=json.dumps(payload, ensure_ascii=False))],
-        structured_content=payload,
+        return error_result(
+            f"call_tool takes only 'name', 'arguments' and 'conversation' (got {sorted(unknown)})"
+        )
+    return await service.call_tool(name, inner, conversation=conversation)
+
+
+async def _forget(
+    service: GatewayService, arguments: dict[str, Any], conversation: str | None
+) -> types.CallToolResult:
+    names = arguments.get("names")
+    unknown = set(arguments) - {"names", "conversation"}
+    if unknown:
+        return error_result(f"forget_tools takes only 'names' and 'conversation' (got {sorted(unknown)})")
+    if (
+        not isinstance(names, list)
+        or not 1 <= len(names) <= MAX_FORGET
+        or not all(isinstance(n, str) and n for n in names)
+    ):
+        return error_result(f"forget_tools needs 'names': 1 to {MAX_FORGET} tool names")
+    if conversation is None:
+        return error_result("forget_tools needs 'conversation': the id find_tools returned")
+    try:
+        view = await service.forget_tools(conversation, names)
+    except MemoryStoreError as exc:
+        return error_result(f"the working set is unavailable: {exc}")
+    return _structured(
+        {"conversation": conversation, "forgotten": list(view.removed), "memory": view.as_dict()}
     )

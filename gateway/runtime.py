@@ -15,8 +15,11 @@ from migrations.runner import upgrade
 from registry.db import create_engine, create_sessionmaker
 from registry.repository import Registry
 
+from .conversations import ConversationMemory
 from .demo import demo_specs
 from .learning import UsageLearner
+from .memory import open_store
+from .memory.policy import PruneRules
 from .retrieval_setup import build_retriever
 from .services import GatewayService
 from .settings import Settings
@@ -47,6 +50,7 @@ async def gateway_runtime(settings: Settings, *, sync_on_start: bool = True) -> 
         await migrate(settings)
     retrieval = await anyio.to_thread.run_sync(build_retriever, settings)
     engine = create_engine(settings.resolved_database_url)
+    store = open_store(settings.redis_url, ttl_s=settings.memory_ttl_s, capacity=settings.memory_capacity)
     try:
         registry = Registry(create_sessionmaker(engine))
 
@@ -67,6 +71,15 @@ async def gateway_runtime(settings: Settings, *, sync_on_start: bool = True) -> 
                 retrieval.retriever,
                 sync_concurrency=settings.sync_concurrency,
                 learner=learner,
+                memory=ConversationMemory(
+                    store,
+                    mode=settings.memory_mode,
+                    rules=PruneRules(
+                        idle_turns=settings.memory_idle_turns,
+                        min_relevance=settings.memory_min_relevance,
+                        capacity=settings.memory_capacity,
+                    ),
+                ),
             )
             await service.catalog.refresh()
             if settings.demo:
@@ -90,4 +103,5 @@ async def gateway_runtime(settings: Settings, *, sync_on_start: bool = True) -> 
     finally:
         with anyio.CancelScope(shield=True):  # flush the index even when the app is cancelled
             await engine.dispose()
+            await store.aclose()
             await anyio.to_thread.run_sync(retrieval.close)

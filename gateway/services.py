@@ -21,11 +21,20 @@ from registry.sync import Synchronizer, SyncReport
 from retrieval.pipeline import Retriever
 
 from .catalog import Catalog, SearchFilters, SearchHit
+from .conversations import ConversationMemory, MemoryView
 from .forwarder import Forwarder
 from .learning import UsageLearner
+from .memory import MemoryStoreError, Mode
 from .upstream import UpstreamPool
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class FindOutcome:
+    hits: list[SearchHit]
+    memory: MemoryView | None = None
+    memory_error: str | None = None  # the store failed: the hits are still good
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +54,13 @@ class GatewayService:
         *,
         sync_concurrency: int = 8,
         learner: UsageLearner | None = None,
+        memory: ConversationMemory | None = None,
     ) -> None:
         self.registry = registry
         self.pool = pool
         self.catalog = Catalog(registry, retriever)
         self.learner = learner
+        self.memory = memory
         self.forwarder = Forwarder(self.catalog, pool)
         self.synchronizer = Synchronizer(
             registry, pool, concurrency=sync_concurrency, on_change=self.catalog.refresh
@@ -145,21 +156,46 @@ class GatewayService:
         filters: SearchFilters | None = None,
         *,
         conversation: str | None = None,
-    ) -> list[SearchHit]:
+        mode: Mode | None = None,
+    ) -> FindOutcome:
+        """Rank the tools; in a conversation, also learn from it and update its working set
+        (autonomous mode at capacity raises `WorkingSetFull`)."""
         found = await self.catalog.search(query, limit, filters)
-        if self.learner is not None and conversation is not None and found.hits:
+        if conversation is None:
+            return FindOutcome(found.hits)
+        if self.learner is not None and found.hits:
             self.learner.found(conversation, found.vector, [hit.tool.exposed_name for hit in found.hits])
-        return found.hits
+        if self.memory is None:
+            return FindOutcome(found.hits)
+        scores = {hit.tool.exposed_name: hit.score for hit in found.hits}
+        try:
+            view = await self.memory.on_find(conversation, scores, mode=mode)
+        except MemoryStoreError as exc:
+            logger.warning("conversation memory unavailable: %s", exc)
+            return FindOutcome(found.hits, memory_error=str(exc))
+        return FindOutcome(found.hits, view)
+
+    async def forget_tools(self, conversation: str, names: Sequence[str]) -> MemoryView:
+        if self.memory is None:
+            raise MemoryStoreError("conversation memory is off")
+        return await self.memory.forget(conversation, names)
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any] | None, *, conversation: str | None = None
     ) -> types.CallToolResult:
         result = await self.forwarder.call(name, arguments)
-        if not result.is_error and self.learner is not None and conversation is not None:
+        if result.is_error or conversation is None:
+            return result
+        if self.learner is not None:
             vector = self.learner.used(conversation, name)
             if vector is not None:
                 try:
                     await self.catalog.record_use(name, vector)
                 except Exception:  # learning is best effort: the call itself succeeded
                     logger.exception("could not record a use of %s", name)
+        if self.memory is not None:
+            try:
+                await self.memory.on_call(conversation, name)
+            except MemoryStoreError as exc:  # the call succeeded; the working set is best effort
+                logger.warning("conversation memory unavailable: %s", exc)
         return result

@@ -68,6 +68,17 @@ class Settings(BaseSettings):
     learn_from_calls: bool = Field(
         True, description="Count a successful call_tool after a find_tools that offered it as a use."
     )
+    memory_mode: Literal["autonomous", "workflow", "hybrid"] = Field(
+        "workflow", description="How working sets change (a conversation may override it)."
+    )
+    memory_capacity: int = Field(128, ge=1, le=10_000, description="Most tools in one working set.")
+    memory_ttl_s: float = Field(3600.0, gt=0, description="Idle conversations are forgotten after this.")
+    memory_idle_turns: int = Field(
+        3, ge=0, le=1000, description="Workflow/hybrid: drop tools neither returned nor called this long."
+    )
+    memory_min_relevance: float | None = Field(
+        None, description="Workflow/hybrid: drop tools whose last score fell below this (off by default)."
+    )
     learn_max_uses: int = Field(
         20, ge=0, le=10_000, description="Uses one conversation may add to the usage vectors."
     )

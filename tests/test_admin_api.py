@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from gateway.app import create_app
-from gateway.catalog import SearchFilters
+from gateway.catalog import SearchFilters, SearchHit
 from gateway.services import GatewayService
 from gateway.settings import Settings
 from registry.specs import ServerSpec
@@ -37,6 +37,9 @@ class Gateway:
     def __init__(self, client: httpx.AsyncClient, service: GatewayService) -> None:
         self.http = client
         self.service = service
+
+    async def find(self, query: str, limit: int, filters: SearchFilters | None = None) -> list[SearchHit]:
+        return (await self.service.find_tools(query, limit, filters)).hits
 
 
 @pytest.fixture
@@ -75,7 +78,7 @@ async def test_register_sync_and_hide_secrets(gateway: Gateway) -> None:
     tools = (await gateway.http.get("/admin/tools", params={"server": "echo"})).json()
     assert tools["total"] == body["tool_count"]
     assert {t["exposed_name"] for t in tools["tools"]} >= {"echo__echo", "echo__add"}
-    hits = await gateway.service.find_tools("add two numbers together", 3)
+    hits = await gateway.find("add two numbers together", 3)
     assert hits[0].tool.exposed_name == "echo__add"
 
 
@@ -158,7 +161,7 @@ async def test_enable_disable_and_delete(gateway: Gateway) -> None:
     patched = await gateway.http.patch(f"/admin/tools/{tool_id}", json={"enabled": False})
     assert patched.json()["enabled"] is False
     assert (await gateway.service.call_tool("echo__echo", {"text": "x"})).is_error
-    assert all(h.tool.exposed_name != "echo__echo" for h in await gateway.service.find_tools("echo text", 10))
+    assert all(h.tool.exposed_name != "echo__echo" for h in await gateway.find("echo text", 10))
     await gateway.http.patch(f"/admin/tools/{tool_id}", json={"enabled": True})
     assert not (await gateway.service.call_tool("echo__echo", {"text": "x"})).is_error
 
@@ -254,24 +257,26 @@ async def test_index_follows_the_registry_incrementally(gateway: Gateway) -> Non
     assert (await gateway.http.get("/admin/index")).json()["embedded_since_start"] == server["tool_count"]
 
     await gateway.service.call_tool("echo__toggle_tool", {})  # the upstream adds "surprise"
-    await wait_until(lambda: gateway.service.catalog.get("echo__surprise") is not None)
+    catalog = gateway.service.catalog
+    await wait_until(lambda: "echo__surprise" in catalog.retriever and catalog.indexing == 0)
+    await wait_until(lambda: catalog.embedded > server["tool_count"])
     stats = (await gateway.http.get("/admin/index")).json()
     assert stats["embedded_since_start"] == server["tool_count"] + 1  # just the new tool
-    hits = await gateway.service.find_tools("a tool that comes and goes", 3)
+    hits = await gateway.find("a tool that comes and goes", 3)
     assert hits[0].tool.exposed_name == "echo__surprise"
 
     await gateway.service.call_tool("echo__toggle_tool", {})  # ... and removes it again
     await wait_until(lambda: gateway.service.catalog.get("echo__surprise") is None)
-    hits = await gateway.service.find_tools("a tool that comes and goes", 10)
+    hits = await gateway.find("a tool that comes and goes", 10)
     assert "echo__surprise" not in {h.tool.exposed_name for h in hits}
 
     await gateway.http.patch(f"/admin/servers/{server['id']}", json={"enabled": False})
-    assert await gateway.service.find_tools("add two numbers", 5) == []
+    assert await gateway.find("add two numbers", 5) == []
     disabled = (await gateway.http.get("/admin/index")).json()
     assert disabled["tools"] == server["tool_count"]  # still indexed, filtered in the query
     assert disabled["servable"] == 0
     await gateway.http.patch(f"/admin/servers/{server['id']}", json={"enabled": True})
-    hits = await gateway.service.find_tools("add two numbers", 5)
+    hits = await gateway.find("add two numbers", 5)
     assert hits[0].tool.exposed_name == "echo__add"
     assert (await gateway.http.get("/admin/index")).json()["embedded_since_start"] == stats[
         "embedded_since_start"
@@ -279,19 +284,19 @@ async def test_index_follows_the_registry_incrementally(gateway: Gateway) -> Non
 
     await gateway.http.delete(f"/admin/servers/{server['id']}")
     assert (await gateway.http.get("/admin/index")).json()["tools"] == 0
-    assert await gateway.service.find_tools("add two numbers", 5) == []
+    assert await gateway.find("add two numbers", 5) == []
 
 
 async def test_find_tools_filters_in_process(gateway: Gateway) -> None:
     await gateway.http.post("/admin/servers", json=echo_body("alpha"))
     await gateway.http.post("/admin/servers", json={**echo_body("beta"), "category": "math"})
-    only_beta = await gateway.service.find_tools("add two numbers", 5, SearchFilters(server="beta"))
+    only_beta = await gateway.find("add two numbers", 5, SearchFilters(server="beta"))
     assert only_beta
     assert {h.tool.server for h in only_beta} == {"beta"}
-    math = await gateway.service.find_tools("add two numbers", 5, SearchFilters(category="math"))
+    math = await gateway.find("add two numbers", 5, SearchFilters(category="math"))
     assert {h.tool.server for h in math} == {"beta"}
-    assert await gateway.service.find_tools("add", 5, SearchFilters(category="nope")) == []
-    assert await gateway.service.find_tools("add", 5, SearchFilters(server="nope")) == []
+    assert await gateway.find("add", 5, SearchFilters(category="nope")) == []
+    assert await gateway.find("add", 5, SearchFilters(server="nope")) == []
     for hit in only_beta:
         assert hit.why
         assert set(hit.stages) >= {"dense", "lexical"}

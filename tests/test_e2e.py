@@ -53,7 +53,7 @@ async def _find(client: Client, query: str, limit: int = 5) -> list[str]:
 async def test_find_and_call_over_streamable_http(gateway: RunningGateway, mode: str) -> None:
     async with Client(gateway.mcp_url, mode=mode) as client:  # type: ignore[arg-type]
         listed = await client.list_tools()
-        assert [t.name for t in listed.tools] == ["find_tools", "call_tool"]
+        assert [t.name for t in listed.tools] == ["find_tools", "call_tool", "forget_tools"]
 
         assert "time__get_current_time" in await _find(client, "what is the current time in a timezone")
         result = await client.call_tool(
@@ -106,7 +106,11 @@ async def test_stdio_front_door_serves_servers_registered_over_rest(gateway: Run
     params = StdioServerParameters(command=TOOLGATE, args=["stdio"], env=gateway.env, cwd=str(ROOT))
     with anyio.fail_after(120):
         async with Client(params) as client:
-            assert [t.name for t in (await client.list_tools()).tools] == ["find_tools", "call_tool"]
+            assert [t.name for t in (await client.list_tools()).tools] == [
+                "find_tools",
+                "call_tool",
+                "forget_tools",
+            ]
             assert "time__get_current_time" in await _find(client, "current time in a timezone")
             now = await client.call_tool(
                 "call_tool", {"name": "time__get_current_time", "arguments": {"timezone": "Europe/Oslo"}}
@@ -135,7 +139,11 @@ def test_mcp_inspector_cli_lists_and_calls(gateway: RunningGateway) -> None:
         [*base, "--method", "tools/list"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert listed.returncode == 0, listed.stderr
-    assert [t["name"] for t in json.loads(listed.stdout)["tools"]] == ["find_tools", "call_tool"]
+    assert [t["name"] for t in json.loads(listed.stdout)["tools"]] == [
+        "find_tools",
+        "call_tool",
+        "forget_tools",
+    ]
 
     called = subprocess.run(
         [*base, "--method", "tools/call", "--tool-name", "call_tool", "--tool-arg", "name=everything__echo",

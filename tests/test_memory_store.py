@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import signal
 import subprocess
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import anyio
 import pytest
@@ -31,12 +29,10 @@ from gateway.memory import (
     WorkingSetStore,
 )
 from gateway.memory.store import encode
+from tests.memory_fixtures import StoreFactory
 from tests.support import PYTHON, ROOT, free_port, require
 
 pytestmark = pytest.mark.anyio
-
-REDIS_URL = os.environ.get("TOOLGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
-StoreFactory = Callable[..., WorkingSetStore]
 
 
 def entry(turn: int = 1, relevance: float = 0.5, at: float = 1000.0) -> ToolEntry:
@@ -59,55 +55,6 @@ async def gone(store: WorkingSetStore, conversation: str, timeout: float = 10.0)
     with anyio.fail_after(timeout):
         while await store.get(conversation) is not None:  # noqa: ASYNC110 - expiry has no event
             await anyio.sleep(0.05)
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> str:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=1).ping()
-    except (redis.RedisError, OSError) as exc:
-        require(False, f"Redis is not reachable at {REDIS_URL}: {exc}")
-    return REDIS_URL
-
-
-def drop_namespace(url: str, namespace: str) -> None:
-    client = redis.Redis.from_url(url, socket_timeout=5)
-    keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
-@pytest.fixture
-def namespace(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A key prefix of the test's own on the shared Redis, removed afterwards."""
-    name = f"toolgate-test-{uuid.uuid4().hex[:12]}"
-    yield name
-    if "redis_url" in request.fixturenames:
-        drop_namespace(REDIS_URL, name)
-
-
-@pytest.fixture(params=["local", "redis"])
-async def make_store(request: pytest.FixtureRequest, namespace: str) -> AsyncIterator[StoreFactory]:
-    made: list[WorkingSetStore] = []
-    url = request.getfixturevalue("redis_url") if request.param == "redis" else None
-
-    def make(**options: object) -> WorkingSetStore:
-        store: WorkingSetStore
-        if url is None:
-            store = LocalWorkingSetStore(**options)  # type: ignore[arg-type]
-        else:
-            store = RedisWorkingSetStore.from_url(url, namespace=namespace, **options)  # type: ignore[arg-type]
-        made.append(store)
-        return store
-
-    try:
-        yield make
-    finally:
-        for store in made:
-            await store.aclose()
-        if url is not None:
-            drop_namespace(url, namespace)
 
 
 # --- the shared suite -------------------------------------------------------------------------

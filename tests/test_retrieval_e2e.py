@@ -104,6 +104,34 @@ async def test_find_call_learn_filter_and_restart(tmp_path: Path) -> None:
                 tool = gateway.http.get(f"/admin/tools/{_tool_id(gateway, card['name'])}").json()
                 assert (tool["annotations"] or {}).get("readOnlyHint") is True, tool
 
+        # Sessionless clients get a conversation id from find_tools and pass it back; the
+        # working set follows it (workflow mode by default) and can be trimmed by the model.
+        async with Client(gateway.mcp_url) as client:
+            first = await client.call_tool("find_tools", {"query": "current time in a timezone", "limit": 2})
+            payload = first.structured_content
+            assert payload is not None
+            handle = payload["conversation"]
+            assert handle.startswith("conv-")
+            assert payload["memory"]["mode"] == "workflow"
+            assert payload["memory"]["count"] == 2
+            assert payload["memory"]["added"] == [c["name"] for c in payload["tools"]]
+            forgot = await client.call_tool(
+                "forget_tools", {"names": [payload["tools"][0]["name"]], "conversation": handle}
+            )
+            assert forgot.structured_content is not None
+            assert forgot.structured_content["forgotten"] == [payload["tools"][0]["name"]]
+            assert forgot.structured_content["memory"]["count"] == 1
+            no_handle = await client.call_tool("forget_tools", {"names": ["x"]})
+            assert no_handle.is_error
+        view = gateway.http.get(f"/admin/conversations/{handle}")
+        assert view.status_code == 200, view.text
+        assert view.json()["count"] == 1
+        assert view.json()["turn"] == 1
+        listed = gateway.http.get("/admin/conversations").json()["conversations"]
+        assert handle in {c["conversation"] for c in listed}
+        assert gateway.http.delete(f"/admin/conversations/{handle}").status_code == 204
+        assert gateway.http.get(f"/admin/conversations/{handle}").status_code == 404
+
         # An explicit conversation id links find and call on the sessionless protocol too.
         async with Client(gateway.mcp_url) as client:
             cards = _cards(

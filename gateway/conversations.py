@@ -1,0 +1,141 @@
+"""Each conversation's working set of tools, kept by MemTool's modes (see DESIGN.md).
+
+Every `find_tools` is a turn. The modes differ in who adds and who removes:
+
+- autonomous: the hits join the working set; nothing leaves unless the model calls
+  `forget_tools`. At capacity, `find_tools` refuses with a message naming the oldest tools.
+- workflow: the gateway prunes (idle, irrelevant, oldest over capacity) and then adds the hits.
+- hybrid: the gateway prunes the same way, but only tools the model calls join the set: the
+  model adds by use, the gateway removes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from .memory import CapacityError, Change, Mode, WorkingSet, WorkingSetStore
+from .memory.policy import Pruned, PruneRules, add_hits, forget, prune, record_call, workflow_turn
+
+MODES: tuple[Mode, ...] = ("autonomous", "workflow", "hybrid")
+
+
+class WorkingSetFull(Exception):
+    """Autonomous mode at capacity: the model must forget tools before it finds more."""
+
+    def __init__(self, count: int, capacity: int, oldest: Sequence[str]) -> None:
+        self.count = count
+        self.capacity = capacity
+        self.oldest = list(oldest)
+        super().__init__(
+            f"the working set is full ({count}/{capacity} tools): call forget_tools with the tools you "
+            f"no longer need first (least recently used: {', '.join(self.oldest)})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryView:
+    """What a result tells the model about its working set."""
+
+    conversation: str
+    mode: Mode
+    count: int
+    capacity: int
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "mode": self.mode,
+            "count": self.count,
+            "capacity": self.capacity,
+            "added": list(self.added),
+            "removed": list(self.removed),
+        }
+
+
+def _oldest(working_set: WorkingSet, n: int = 10) -> list[str]:
+    ordered = sorted(working_set.tools.items(), key=lambda item: (item[1].last_active_turn, item[0]))
+    return [name for name, _ in ordered[:n]]
+
+
+class ConversationMemory:
+    def __init__(self, store: WorkingSetStore, *, mode: Mode, rules: PruneRules) -> None:
+        self.store = store
+        self.mode = mode
+        self.rules = replace(rules, capacity=min(rules.capacity, store.capacity))
+
+    def mode_of(self, working_set: WorkingSet) -> Mode:
+        return working_set.mode if working_set.mode is not None else self.mode
+
+    async def on_find(
+        self, conversation: str, hits: Mapping[str, float], *, mode: Mode | None = None
+    ) -> MemoryView:
+        """One turn: apply the conversation's mode to this find's hits (name -> score).
+        `mode` (when given) becomes the conversation's override from now on."""
+        now = time.time()
+        rules = self.rules
+
+        def turn(working_set: WorkingSet) -> Change[tuple[Mode, Pruned]]:
+            if mode is not None:
+                working_set = replace(working_set, mode=mode)
+            chosen = self.mode_of(working_set)
+            number = working_set.turn + 1
+            if chosen == "workflow":
+                result = workflow_turn(working_set, turn=number, now=now, hits=hits, rules=rules)
+            elif chosen == "hybrid":
+                result = prune(working_set, turn=number, rules=rules)
+                held = {name: score for name, score in hits.items() if name in result.working_set.tools}
+                result = replace(
+                    result,
+                    working_set=add_hits(result.working_set, turn=number, now=now, hits=held).working_set,
+                )
+            else:
+                result = add_hits(working_set, turn=number, now=now, hits=hits)
+                if len(result.working_set) > rules.capacity:
+                    raise WorkingSetFull(len(working_set), rules.capacity, _oldest(working_set))
+            return Change(result.working_set, (chosen, result))
+
+        try:
+            change = await self.store.update(conversation, turn)
+        except CapacityError as exc:  # only autonomous mode can grow past the capacity
+            current = await self.store.get(conversation) or WorkingSet()
+            raise WorkingSetFull(len(current), exc.capacity, _oldest(current)) from None
+        chosen, result = change.result
+        return MemoryView(
+            conversation, chosen, len(change.working_set), rules.capacity, result.added, result.removed
+        )
+
+    async def on_call(self, conversation: str, name: str) -> MemoryView:
+        """A successful call marks the tool as in use (adding it when absent, room allowing)."""
+        now = time.time()
+
+        def called(working_set: WorkingSet) -> Change[tuple[Mode, bool]]:
+            chosen = self.mode_of(working_set)
+            absent = name not in working_set.tools
+            if absent and len(working_set) >= self.rules.capacity:
+                return Change(working_set, (chosen, False))  # full: the call ran, the set stays
+            return Change(record_call(working_set, name, now=now), (chosen, absent))
+
+        change = await self.store.update(conversation, called)
+        chosen, added = change.result
+        count = len(change.working_set)
+        return MemoryView(conversation, chosen, count, self.rules.capacity, (name,) if added else ())
+
+    async def forget(self, conversation: str, names: Sequence[str]) -> MemoryView:
+        def drop(working_set: WorkingSet) -> Change[tuple[Mode, Pruned]]:
+            result = forget(working_set, names)
+            return Change(result.working_set, (self.mode_of(working_set), result))
+
+        change = await self.store.update(conversation, drop)
+        chosen, result = change.result
+        return MemoryView(
+            conversation, chosen, len(change.working_set), self.rules.capacity, (), result.removed
+        )
+
+    async def get(self, conversation: str) -> WorkingSet | None:
+        return await self.store.get(conversation)
+
+    async def clear(self, conversation: str) -> bool:
+        return await self.store.clear(conversation)
