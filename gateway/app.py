@@ -46,7 +46,10 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with gateway_runtime(settings) as service:
             server = build_mcp_server(
-                service, default_limit=settings.find_limit_default, max_limit=settings.find_limit_max
+                service,
+                default_limit=settings.find_limit_default,
+                max_limit=settings.find_limit_max,
+                listing=settings.tools_listing,
             )
             manager = StreamableHTTPSessionManager(
                 app=server, security_settings=_transport_security(settings)

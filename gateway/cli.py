@@ -45,7 +45,10 @@ def _stdio(settings: Settings) -> int:
     async def main() -> None:
         async with gateway_runtime(settings) as service:
             server = build_mcp_server(
-                service, default_limit=settings.find_limit_default, max_limit=settings.find_limit_max
+                service,
+                default_limit=settings.find_limit_default,
+                max_limit=settings.find_limit_max,
+                listing=settings.tools_listing,
             )
             async with stdio_server() as (read, write):
                 await server.run(read, write, server.create_initialization_options())

@@ -11,14 +11,17 @@ Every `find_tools` is a turn. The modes differ in who adds and who removes:
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from .memory import CapacityError, Change, Mode, WorkingSet, WorkingSetStore
 from .memory.policy import Pruned, PruneRules, add_hits, forget, prune, record_call, workflow_turn
 
 MODES: tuple[Mode, ...] = ("autonomous", "workflow", "hybrid")
+
+logger = logging.getLogger(__name__)
 
 
 class WorkingSetFull(Exception):
@@ -65,6 +68,16 @@ class ConversationMemory:
         self.store = store
         self.mode = mode
         self.rules = replace(rules, capacity=min(rules.capacity, store.capacity))
+        # Told when a working set gains or loses tools (dynamic listing sends list_changed).
+        self.on_change: Callable[[MemoryView], Awaitable[None]] | None = None
+
+    async def _changed(self, view: MemoryView) -> MemoryView:
+        if self.on_change is not None and (view.added or view.removed):
+            try:
+                await self.on_change(view)
+            except Exception:  # a listener must not fail the request that changed the set
+                logger.exception("working-set change listener failed")
+        return view
 
     def mode_of(self, working_set: WorkingSet) -> Mode:
         return working_set.mode if working_set.mode is not None else self.mode
@@ -103,9 +116,10 @@ class ConversationMemory:
             current = await self.store.get(conversation) or WorkingSet()
             raise WorkingSetFull(len(current), exc.capacity, _oldest(current)) from None
         chosen, result = change.result
-        return MemoryView(
+        view = MemoryView(
             conversation, chosen, len(change.working_set), rules.capacity, result.added, result.removed
         )
+        return await self._changed(view)
 
     async def on_call(self, conversation: str, name: str) -> MemoryView:
         """A successful call marks the tool as in use (adding it when absent, room allowing)."""
@@ -121,7 +135,8 @@ class ConversationMemory:
         change = await self.store.update(conversation, called)
         chosen, added = change.result
         count = len(change.working_set)
-        return MemoryView(conversation, chosen, count, self.rules.capacity, (name,) if added else ())
+        view = MemoryView(conversation, chosen, count, self.rules.capacity, (name,) if added else ())
+        return await self._changed(view)
 
     async def forget(self, conversation: str, names: Sequence[str]) -> MemoryView:
         def drop(working_set: WorkingSet) -> Change[tuple[Mode, Pruned]]:
@@ -130,9 +145,10 @@ class ConversationMemory:
 
         change = await self.store.update(conversation, drop)
         chosen, result = change.result
-        return MemoryView(
+        view = MemoryView(
             conversation, chosen, len(change.working_set), self.rules.capacity, (), result.removed
         )
+        return await self._changed(view)
 
     async def get(self, conversation: str) -> WorkingSet | None:
         return await self.store.get(conversation)

@@ -8,21 +8,29 @@ the conversation's working set. Handlers validate and translate; the services do
 from __future__ import annotations
 
 import json
+import logging
 import uuid
-from typing import Any
+import weakref
+from typing import Any, Literal
 
 import mcp_types as types
+from mcp.server import NotificationOptions
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
+from mcp.server.models import InitializationOptions
+from mcp.server.session import ServerSession
+from pydantic import ValidationError
 
 from .catalog import SearchFilters, SearchHit
-from .conversations import MODES, WorkingSetFull
+from .conversations import MODES, MemoryView, WorkingSetFull
 from .forwarder import error_result
 from .memory import InvalidConversationError, MemoryStoreError
 from .memory.store import check_conversation
 from .meta_tools import CALL_TOOL, FIND_TOOLS, FORGET_TOOLS, MAX_FORGET, MAX_QUERY_CHARS, NAMES, meta_tools
 from .services import GatewayService
 
+logger = logging.getLogger(__name__)
+Listing = Literal["stable", "dynamic"]
 _FIND_ARGUMENTS = frozenset({"query", "limit", "server", "category", "read_only", "conversation", "mode"})
 
 
@@ -43,14 +51,50 @@ def tool_card(hit: SearchHit) -> dict[str, Any]:
     }
 
 
-def build_mcp_server(service: GatewayService, *, default_limit: int = 5, max_limit: int = 50) -> Server[Any]:
-    """The front door as a low-level MCP server; transports (HTTP, stdio) are attached by the caller."""
+class _FrontDoor(Server[Any]):
+    """Advertises `tools.listChanged` on session connections when the listing is dynamic. The
+    HTTP session manager builds initialization options with no arguments, so this override is
+    the one place that covers stdio and HTTP alike."""
+
+    list_changed = False
+
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        return super().create_initialization_options(
+            notification_options or NotificationOptions(tools_changed=self.list_changed),
+            experimental_capabilities,
+            extensions,
+        )
+
+
+def build_mcp_server(
+    service: GatewayService,
+    *,
+    default_limit: int = 5,
+    max_limit: int = 50,
+    listing: Listing = "stable",
+) -> Server[Any]:
+    """The front door as a low-level MCP server; transports (HTTP, stdio) are attached by the caller.
+
+    `listing="dynamic"`: for clients with a session, `tools/list` also holds the tools of the
+    session's working set (callable directly by name), and `notifications/tools/list_changed`
+    goes out whenever that set changes."""
     tools = meta_tools(max_limit, default_limit)
+    dynamic = listing == "dynamic" and service.memory is not None
+    sessions: weakref.WeakValueDictionary[str, ServerSession] = weakref.WeakValueDictionary()
 
     async def on_list_tools(
-        _ctx: ServerRequestContext[Any], _params: types.PaginatedRequestParams | None
+        ctx: ServerRequestContext[Any], _params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=tools)
+        if not dynamic:
+            return types.ListToolsResult(tools=tools)
+        return types.ListToolsResult(
+            tools=tools + await _working_set_tools(service, _session_conversation(ctx))
+        )
 
     async def on_call_tool(
         ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
@@ -60,15 +104,26 @@ def build_mcp_server(service: GatewayService, *, default_limit: int = 5, max_lim
             conversation = _conversation(ctx, arguments.get("conversation"), issue=params.name == FIND_TOOLS)
         except _BadConversation as exc:
             return error_result(str(exc))
+        if dynamic and conversation is not None and _session_conversation(ctx) == conversation:
+            sessions[conversation] = ctx.session
         if params.name == FIND_TOOLS:
             return await _find(service, arguments, default_limit, max_limit, conversation)
         if params.name == CALL_TOOL:
             return await _call(service, arguments, conversation)
         if params.name == FORGET_TOOLS:
             return await _forget(service, arguments, conversation)
+        if dynamic:  # a working-set tool called by its own name
+            return await service.call_tool(params.name, arguments, conversation=_session_conversation(ctx))
         return error_result(f"unknown tool {params.name!r}: this gateway offers {', '.join(NAMES)}")
 
-    return Server(
+    async def notify(view: MemoryView) -> None:
+        session = sessions.get(view.conversation)
+        if session is not None:
+            await session.send_tool_list_changed()
+
+    if dynamic and service.memory is not None:
+        service.memory.on_change = notify
+    server = _FrontDoor(
         "toolgate",
         version="0.1.0",
         instructions=(
@@ -78,6 +133,53 @@ def build_mcp_server(service: GatewayService, *, default_limit: int = 5, max_lim
         on_list_tools=on_list_tools,
         on_call_tool=on_call_tool,
     )
+    server.list_changed = dynamic
+    return server
+
+
+def _session_conversation(ctx: ServerRequestContext[Any]) -> str | None:
+    """The conversation of the request's own MCP session (None on sessionless HTTP)."""
+    try:
+        return _conversation(ctx, None, issue=False)
+    except _BadConversation:
+        return None
+
+
+async def _working_set_tools(service: GatewayService, conversation: str | None) -> list[types.Tool]:
+    if conversation is None or service.memory is None:
+        return []
+    try:
+        working_set = await service.memory.get(conversation)
+    except MemoryStoreError as exc:  # the listing still works, with the meta-tools only
+        logger.warning("conversation memory unavailable: %s", exc)
+        return []
+    if working_set is None:
+        return []
+    listed = []
+    for name in sorted(working_set.tools, key=lambda n: (working_set.tools[n].added_turn, n)):
+        tool = service.catalog.get(name)
+        if tool is not None:
+            listed.append(
+                types.Tool(
+                    name=tool.exposed_name,
+                    title=tool.title,
+                    description=tool.description,
+                    input_schema=tool.input_schema,
+                    output_schema=tool.output_schema,
+                    annotations=_annotations(tool.annotations),
+                )
+            )
+    return listed
+
+
+def _annotations(stored: dict[str, Any] | None) -> types.ToolAnnotations | None:
+    """An upstream's annotations as stored; ones that no longer validate are left out."""
+    if not stored:
+        return None
+    try:
+        return types.ToolAnnotations.model_validate(stored)
+    except ValidationError:
+        return None
 
 
 def _conversation(ctx: ServerRequestContext[Any], given: object, *, issue: bool) -> str | None:

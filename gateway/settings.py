@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     learn_from_calls: bool = Field(
         True, description="Count a successful call_tool after a find_tools that offered it as a use."
     )
+    tools_listing: Literal["stable", "dynamic"] = Field(
+        "stable",
+        description="'dynamic': tools/list also holds the session's working set, with list_changed.",
+    )
     memory_mode: Literal["autonomous", "workflow", "hybrid"] = Field(
         "workflow", description="How working sets change (a conversation may override it)."
     )

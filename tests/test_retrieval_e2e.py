@@ -10,11 +10,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from mcp import Client
 
 from tests.running import TOOLGATE, RunningGateway
 from tests.support import PYTHON, ROOT, console_script, node_command
+from tests.test_servers_selfcheck import ListChangedWatcher
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
@@ -218,3 +220,39 @@ def _search_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[
         text=True,
         timeout=120,
     )
+
+
+async def test_dynamic_listing_follows_the_working_set(tmp_path: Path) -> None:
+    """TOOLGATE_TOOLS_LISTING=dynamic: a session client sees its working set in tools/list,
+    gets list_changed when it changes, and can call a listed tool by its own name."""
+    gateway = RunningGateway(
+        tmp_path / "data", {"TOOLGATE_TOOLS_LISTING": "dynamic", "TOOLGATE_MEMORY_IDLE_TURNS": "0"}
+    )
+    try:
+        gateway.register(_servers()[0])  # echo
+        watcher = ListChangedWatcher()
+        async with Client(gateway.mcp_url, mode="legacy", message_handler=watcher) as client:  # type: ignore[arg-type]
+            listed = [t.name for t in (await client.list_tools()).tools]
+            assert listed == ["find_tools", "call_tool", "forget_tools"]
+
+            found = _cards(await client.call_tool("find_tools", {"query": "add two numbers", "limit": 2}))
+            with anyio.fail_after(10):
+                await watcher.event.wait()
+            names = [t.name for t in (await client.list_tools()).tools]
+            assert names[:3] == ["find_tools", "call_tool", "forget_tools"]
+            assert set(names[3:]) == {c["name"] for c in found}
+            assert "echo__add" in names
+
+            direct = await client.call_tool("echo__add", {"a": 20, "b": 22})
+            assert not direct.is_error
+            assert direct.structured_content == {"sum": 42}
+
+            watcher.reset()
+            await client.call_tool("find_tools", {"query": "repeat my text back", "limit": 1})
+            with anyio.fail_after(10):
+                await watcher.event.wait()  # idle_turns 0: the earlier tools left, the new one joined
+            after = [t.name for t in (await client.list_tools()).tools][3:]
+            assert after == ["echo__echo"]
+        assert not watcher.errors
+    finally:
+        gateway.stop()
