@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tests.memory_fixtures import make_store, namespace, redis_url  # noqa: F401 (fixtures)
+from tests.memory_fixtures import make_store, namespace, private_redis, redis_url  # noqa: F401 (fixtures)
 from tests.support import require
 
 

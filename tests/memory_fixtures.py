@@ -4,6 +4,9 @@ namespace of the machine's Redis (skipped locally without Redis, a failure under
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -11,7 +14,7 @@ import pytest
 import redis
 
 from gateway.memory import LocalWorkingSetStore, RedisWorkingSetStore, WorkingSetStore
-from tests.support import require
+from tests.support import free_port, require
 
 REDIS_URL = os.environ.get("TOOLGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 StoreFactory = Callable[..., WorkingSetStore]
@@ -64,3 +67,51 @@ async def make_store(request: pytest.FixtureRequest, namespace: str) -> AsyncIte
             await store.aclose()
         if url is not None:
             drop_namespace(url, namespace)
+
+
+class PrivateRedis:
+    PASSWORD = "s3cret-pw"
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://:{self.PASSWORD}@127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--requirepass", self.PASSWORD),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        deadline = time.monotonic() + 10
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    require(shutil.which("redis-server") is not None, "redis-server is not installed")
+    server = PrivateRedis()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import signal
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import anyio
 import pytest
@@ -29,8 +27,8 @@ from gateway.memory import (
     WorkingSetStore,
 )
 from gateway.memory.store import encode
-from tests.memory_fixtures import StoreFactory
-from tests.support import PYTHON, ROOT, free_port, require
+from tests.memory_fixtures import PrivateRedis, StoreFactory
+from tests.support import PYTHON, ROOT, free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -386,54 +384,6 @@ async def read_line(process: anyio.abc.Process) -> str:
 
 
 # --- Redis outages, on a private server this test starts and stops ----------------------------
-
-
-class PrivateRedis:
-    PASSWORD = "s3cret-pw"
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://:{self.PASSWORD}@127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no", "--requirepass", self.PASSWORD),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=0.5)
-        deadline = time.monotonic() + 10
-        try:
-            while True:
-                try:
-                    client.ping()
-                    return
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.02)
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    require(shutil.which("redis-server") is not None, "redis-server is not installed")
-    server = PrivateRedis()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_unreachable_redis_fails_fast_with_a_clear_error() -> None:
