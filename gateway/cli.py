@@ -31,7 +31,13 @@ def _serve(settings: Settings) -> int:
     from .app import create_app
 
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower()
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        # A long import or sync request must not hold a shutdown forever; the registry's
+        # transactions are atomic, so cutting them off loses nothing half-written.
+        timeout_graceful_shutdown=10,
     )
     return 0
 
