@@ -7,6 +7,7 @@ come from untrusted upstream servers, so the walker accepts anything and never r
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -139,6 +140,13 @@ def document_parts(tool: ToolText) -> list[tuple[str, str, float]]:
     return [part for part in parts if isinstance(part[1], str) and part[1].strip()]
 
 
+@functools.lru_cache(maxsize=1 << 14)
+def _field_tokens(text: str) -> tuple[str, ...]:
+    # Server descriptions, parameter names and their descriptions repeat across a catalog's
+    # tools; tokenising each distinct text once makes indexing several times cheaper.
+    return tuple(itertools.islice(iter_tokens(text), MAX_FIELD_TOKENS))
+
+
 def weighted_terms(tool: ToolText) -> dict[str, float]:
     """Term -> weighted frequency over all fields: the document the BM25 index stores.
 
@@ -149,7 +157,7 @@ def weighted_terms(tool: ToolText) -> dict[str, float]:
     """
     terms: dict[str, float] = {}
     for _field, text, weight in document_parts(tool):
-        for token in itertools.islice(iter_tokens(text), MAX_FIELD_TOKENS):
+        for token in _field_tokens(text):
             terms[token] = terms.get(token, 0.0) + weight
     for text in (tool.name, f"{tool.server} {tool.name}"):
         key = phrase_key(text)

@@ -1,8 +1,10 @@
-"""Fusing ranked lists and scoring servers: plain functions over ids and scores."""
+"""Fusing ranked lists, scoring servers and cutting a ranking: small pieces over ids and scores."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
 
 Ranked = Sequence[tuple[str, float]]
 
@@ -39,3 +41,96 @@ def normalise_max(scores: Mapping[str, float]) -> dict[str, float]:
     if best <= 0.0:
         return dict.fromkeys(scores, 0.0)
     return {key: value / best for key, value in scores.items()}
+
+
+def normalise_range(scores: Mapping[str, float]) -> dict[str, float]:
+    """Min-max scale to 0..1 (all 0 when every score is the same); for cosines, whose floor
+    within a candidate pool is far above zero."""
+    if not scores:
+        return {}
+    low = min(scores.values())
+    span = max(scores.values()) - low
+    if span <= 0.0:
+        return dict.fromkeys(scores, 0.0)
+    return {key: (value - low) / span for key, value in scores.items()}
+
+
+def server_support(
+    scores: Mapping[str, float], server_of: Mapping[str, str], depth: int = 2
+) -> dict[str, float]:
+    """For each id, the sum of the `depth` best scores of the *other* ids on its server: how
+    much the rest of the pool backs the same server."""
+    by_server: dict[str, list[float]] = {}
+    for key, value in scores.items():
+        by_server.setdefault(server_of[key], []).append(value)
+    best = {server: sorted(values, reverse=True)[: depth + 1] for server, values in by_server.items()}
+    out: dict[str, float] = {}
+    for key, value in scores.items():
+        head = best[server_of[key]]
+        others = list(head)
+        if value in others:
+            others.remove(value)
+        out[key] = sum(others[:depth])
+    return out
+
+
+def adaptive_cut(
+    ranked: Sequence[tuple[str, float]], gap: float = 0.1, keep: float = 0.6
+) -> list[tuple[str, float]]:
+    """Stage 3's adaptive cut: the head of ``ranked`` (best first) up to the first clear gap.
+
+    With scores s_1 >= ... >= s_n and spread s_1 - s_n, the list ends after the first
+    position i whose drop to the next hit, s_i - s_(i+1), is at least ``gap`` times the spread,
+    except that hits scoring at least ``keep`` times the top score (when it is positive) are
+    close to the best and never cut away. Without such a drop, with fewer than three hits or
+    no spread, the whole list is returned. The top hit is always kept and the result is always
+    a prefix of ``ranked``. Defaults chosen on ToolBench's TUNE split: at 10 hits they return
+    ~7.8 on average for 0.85 of the recall that all 10 give (0.86)."""
+    if len(ranked) < 3:
+        return list(ranked)
+    best, spread = ranked[0][1], ranked[0][1] - ranked[-1][1]
+    if spread <= 0.0:
+        return list(ranked)
+    floor = keep * best if best > 0.0 else best
+    for i in range(len(ranked) - 1):
+        if ranked[i + 1][1] >= floor:
+            continue  # the next hit is still close to the top
+        if ranked[i][1] - ranked[i + 1][1] >= gap * spread:
+            return list(ranked[: i + 1])
+    return list(ranked)
+
+
+class ServerScores(Mapping[str, float]):
+    """The query's similarity to every server (a read-only mapping), kept as one array so a
+    query does not build a dict over thousands of servers; `allowed` limits the servers seen."""
+
+    def __init__(
+        self, names: Sequence[str], rows: Mapping[str, int], sims: np.ndarray, allowed: set[str] | None
+    ) -> None:
+        self._names = names
+        self._rows = rows
+        self._sims = sims
+        self._allowed = allowed
+
+    def __getitem__(self, name: str) -> float:
+        row = self._rows.get(name)
+        if row is None or (self._allowed is not None and name not in self._allowed):
+            raise KeyError(name)
+        return float(self._sims[row])
+
+    def __iter__(self) -> Iterator[str]:
+        return (n for n in self._names if self._allowed is None or n in self._allowed)
+
+    def __len__(self) -> int:
+        return len(self._names) if self._allowed is None else sum(1 for _ in self)
+
+    def best(self, n: int) -> list[tuple[str, float]]:
+        """The n most similar servers, best first (ties by name)."""
+        if self._allowed is not None:
+            return top(dict(self.items()), n)
+        if n <= 0 or not self._names:
+            return []
+        # Take a margin beyond n so ties at the cut are decided by name, as `top` does.
+        k = min(len(self._names), n + 8)
+        rows = np.argpartition(-self._sims, k - 1)[:k]
+        return top({self._names[r]: float(self._sims[r]) for r in rows}, n)

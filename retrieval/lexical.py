@@ -11,10 +11,12 @@ scores equal those of a fresh build over the same documents.
 
 from __future__ import annotations
 
-import heapq
 import math
 import sys
 from collections.abc import Callable, Iterable, Mapping
+
+import numpy as np
+from numpy.typing import NDArray
 
 from retrieval.documents import ToolText, weighted_terms
 from retrieval.text import PHRASE_PREFIX, phrase_key, tokenize
@@ -48,6 +50,8 @@ class LexicalIndex:
         self._norms: list[float] | None = None
         # Weighted tfs take few distinct values; sharing the float objects saves memory.
         self._tf_pool: dict[float, float] = {}
+        self._norms_array: NDArray[np.float64] = np.zeros(0)
+        self._contributions: dict[tuple[str, bool], tuple[NDArray[np.intp], NDArray[np.float64]]] = {}
 
     @classmethod
     def build(cls, docs: Iterable[ToolText], k1: float = DEFAULT_K1, b: float = DEFAULT_B) -> LexicalIndex:
@@ -138,48 +142,68 @@ class LexicalIndex:
         if self._norms is None:
             k1, b, avgdl = self._k1, self._b, self.average_length or 1.0
             self._norms = [k1 * (1.0 - b + b * length / avgdl) for length in self._lengths]
+            self._norms_array = np.asarray(self._norms, dtype=np.float64)
+            self._contributions = {}
         return self._norms
 
-    def _score(self, query: str) -> tuple[list[float], set[int]]:
+    def _contribution(self, term: str, exact: bool) -> tuple[NDArray[np.intp], NDArray[np.float64]] | None:
+        """A term's postings as arrays: slots and their score contributions. Cached until the
+        index changes (any change moves the IDF or the average length)."""
+        key = (term, exact)
+        cached = self._contributions.get(key)
+        if cached is not None:
+            return cached
+        postings = self._postings.get(term)
+        if not postings:
+            return None
+        self._length_norms()
+        weight = self.idf(term) * (self._k1 + 1.0)
+        slots = np.fromiter(postings.keys(), dtype=np.intp, count=len(postings))
+        tfs = np.fromiter(postings.values(), dtype=np.float64, count=len(postings))
+        # An exact-name match skips length normalisation (see _score).
+        norms = self._k1 if exact else self._norms_array[slots]
+        values = weight * tfs / (tfs + norms)
+        self._contributions[key] = (slots, values)
+        return slots, values
+
+    def _score(self, query: str) -> tuple[NDArray[np.float64], NDArray[np.intp]]:
         """Per-slot scores and the slots that matched at least one query term."""
-        norms = self._length_norms()
-        scores = [0.0] * len(self._ids)
-        matched: list[dict[int, float]] = []
+        self._length_norms()
+        scores = np.zeros(len(self._ids), dtype=np.float64)
+        matched = np.zeros(len(self._ids), dtype=bool)
         # Each query term counts once. Long requests that need several tools repeat the
         # words of one need ("playlist ... playlist ... tracks"), which would otherwise crowd
         # out the others; on ToolBench this lifts multi-tool queries (G2/G3) most.
-        for term in dict.fromkeys(tokenize(query)):
-            postings = self._postings.get(term)
-            if postings:
-                matched.append(postings)
-                weight = self.idf(term) * (self._k1 + 1.0)
-                for slot, tf in postings.items():
-                    scores[slot] += weight * tf / (tf + norms[slot])
+        terms = [(term, False) for term in dict.fromkeys(tokenize(query))]
         # The query as a whole may be a tool's exact name. That match is as strong for a
         # tool with a long description as for a terse one, so it skips length normalisation.
         exact = phrase_key(query)
-        if exact is not None and (postings := self._postings.get(exact)):
-            matched.append(postings)
-            weight = self.idf(exact) * (self._k1 + 1.0)
-            for slot, tf in postings.items():
-                scores[slot] += weight * tf / (tf + self._k1)
-        return scores, set().union(*matched)
+        if exact is not None:
+            terms.append((exact, True))
+        for term, is_exact in terms:
+            found = self._contribution(term, is_exact)
+            if found is not None:
+                slots, values = found
+                scores[slots] += values
+                matched[slots] = True
+        return scores, np.flatnonzero(matched)
 
-    def _ranked_prefix(self, scores: list[float], candidates: set[int], n: int) -> list[int]:
+    def _ranked_prefix(self, scores: NDArray[np.float64], candidates: NDArray[np.intp], n: int) -> list[int]:
         """The first ``n`` candidates by score desc then tool_id (all of them if fewer)."""
-        best = heapq.nlargest(n + 1, candidates, key=scores.__getitem__)
-        if len(best) > n and scores[best[n]] == scores[best[n - 1]]:
-            # A tie straddles the cut: every candidate at that score competes on tool_id.
-            cutoff = scores[best[n - 1]]
-            best = [slot for slot in candidates if scores[slot] >= cutoff]
+        if len(candidates) > n:
+            values = scores[candidates]
+            # Everything scoring at least the n-th best competes (ties straddling the cut
+            # are then broken on tool_id below).
+            cutoff = np.partition(values, len(values) - n)[len(values) - n]
+            candidates = candidates[values >= cutoff]
         ids = self._ids
-        best.sort(key=lambda slot: (-scores[slot], ids[slot]))
+        best = sorted(candidates.tolist(), key=lambda slot: (-scores[slot], ids[slot]))
         return best[:n]
 
     def scores(self, query: str) -> dict[str, float]:
         """BM25 score of every document that shares at least one term with ``query``."""
         scores, candidates = self._score(query)
-        return {self._ids[slot]: scores[slot] for slot in candidates}
+        return {self._ids[slot]: float(scores[slot]) for slot in candidates.tolist()}
 
     def search(
         self, query: str, k: int, allowed: Callable[[str], bool] | None = None
@@ -199,7 +223,7 @@ class LexicalIndex:
             for slot in ranked[checked:]:
                 tool_id = self._ids[slot]
                 if allowed is None or allowed(tool_id):
-                    results.append((tool_id, scores[slot]))
+                    results.append((tool_id, float(scores[slot])))
                     if len(results) == k:
                         return results
             if len(ranked) < n:

@@ -175,3 +175,20 @@ def tokenize(text: str) -> list[str]:
     The same function serves documents and queries, so both sides always agree.
     """
     return list(iter_tokens(text))
+
+
+# A sentence ends at . ? ! ; or a line break followed by space; "e.g." and "3.5" do not end one
+# (the next character must be whitespace and the one before a letter, digit or quote).
+_SENTENCE_END = re.compile(r"(?<=[\w'\")\]][.?!;])\s+|\n+")
+
+
+def query_parts(text: str, *, min_tokens: int = 2) -> list[str]:
+    """The sentences of a request that may ask for several things, each with at least
+    ``min_tokens`` search tokens; an empty list when there are fewer than two such parts.
+
+    Multi-tool requests state one need per sentence ("Fetch the exercises for the back. Also
+    give me the horoscope for Leo."); searching each part on its own lets every need reach the
+    top of some list instead of the longest one drowning the others."""
+    parts = [part.strip() for part in _SENTENCE_END.split(text)]
+    kept = [part for part in parts if part and len(tokenize(part)) >= min_tokens]
+    return kept if len(kept) >= 2 else []

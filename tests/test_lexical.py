@@ -26,7 +26,7 @@ from retrieval.documents import (
     weighted_terms,
 )
 from retrieval.lexical import LexicalIndex
-from retrieval.text import STOPWORDS, normalize, phrase_key, split_words, tokenize
+from retrieval.text import STOPWORDS, normalize, phrase_key, query_parts, split_words, tokenize
 from tests.support import shared_data
 
 TOOLBENCH_SERVERS = {
@@ -426,3 +426,18 @@ def test_allowed_filter(corpus: list[ToolText]) -> None:
     assert index.search(query, 2, allowed=allow_all) == everything[:2]
     assert calls == [tool_id for tool_id, _ in everything[:2]]  # only as many checks as results
     assert index.search(query, 5, allowed=lambda _: False) == []
+
+
+def test_query_parts_split_multi_intent_requests_by_sentence() -> None:
+    text = (
+        "I'm planning a fitness retreat. Can you list exercises that target the back and chest? "
+        "Additionally, fetch the horoscope for Leo; version 3.5 is fine."
+    )
+    assert query_parts(text) == [
+        "I'm planning a fitness retreat.",
+        "Can you list exercises that target the back and chest?",
+        "Additionally, fetch the horoscope for Leo;",
+        "version 3.5 is fine.",
+    ]
+    assert query_parts("get channel clips") == []  # one part: nothing to split
+    assert query_parts("Hi. Get the weather in Lisbon.") == []  # "Hi." is too short to count

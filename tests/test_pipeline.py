@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +12,10 @@ import pytest
 
 from retrieval.corpus import Corpus, QuerySet, load_toolbench
 from retrieval.embedder import OnnxEmbedder, load_onnx
-from retrieval.evaluate import EvalOptions, evaluate, records_of
+from retrieval.evaluate import EvalOptions, evaluate, holdout_split, records_of
+from retrieval.fusion import adaptive_cut
 from retrieval.index import IndexFilter, open_index
-from retrieval.pipeline import VECTOR_NAMES, Retriever
+from retrieval.pipeline import VECTOR_NAMES, RetrievalSettings, Retriever, embedding_text
 from tests.support import shared_data
 
 
@@ -127,3 +130,108 @@ def test_evaluate_reports_the_readme_metrics_with_folds(
     assert report["queries"] == len(queries.queries)
     assert report["folds"] == 4
     assert 0.0 < report["recall@5"] <= 1.0
+
+
+def test_indexing_embeds_by_length_in_few_calls(
+    embedder: OnnxEmbedder, slice_: tuple[Corpus, QuerySet], tmp_path: Path
+) -> None:
+    """Build speed: pending tools come shortest first and each encode call carries several
+    batches plus the new servers' texts (no separate small server calls)."""
+    calls: list[int] = []
+
+    class Counting:
+        model_id = embedder.model_id
+        dim = embedder.dim
+
+        def encode(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+            calls.append(len(texts))
+            return embedder.encode(texts, batch_size=batch_size)
+
+    corpus, _ = slice_
+    retriever = Retriever(
+        Counting(), open_index(None, tmp_path / "index", dim=embedder.dim, vector_names=VECTOR_NAMES)
+    )
+    records = records_of(corpus)
+    pending = retriever.pending(records)
+    lengths = [len(embedding_text(r.text)) for r in pending]
+    assert lengths == sorted(lengths)
+    assert retriever.upsert(records) == len(records)
+    described = len({t.server for t in corpus.tools if t.server_description})
+    assert calls == [len(records) + described]  # 200 tools fit one chunk: one call
+
+
+def test_adaptive_cut_returns_fewer_tools_for_a_narrow_query(
+    embedder: OnnxEmbedder, slice_: tuple[Corpus, QuerySet], tmp_path: Path
+) -> None:
+    corpus, queries = slice_
+    retriever = _retriever(embedder, tmp_path / "index")
+    retriever.upsert(records_of(corpus))
+    narrow = "Transfermarkt search"  # one tool's exact name
+    full = retriever.search(narrow, 10)
+    cut = retriever.search(narrow, 10, adaptive=True)
+    assert 1 <= len(cut) < len(full) == 10
+    assert cut[0].tool_id == full[0].tool_id == "TheClique/Transfermarkt search"
+    for query in queries.queries:
+        full = retriever.search(query.text, 10)
+        cut = retriever.search(query.text, 10, adaptive=True)
+        assert 1 <= len(cut) <= 10
+        assert [h.tool_id for h in cut] == [h.tool_id for h in full[: len(cut)]]  # a prefix: top kept
+
+
+def test_adaptive_cut_rule() -> None:
+    ranked = [("a", 3.0), ("b", 2.9), ("c", 1.0), ("d", 0.9), ("e", 0.8)]
+    assert [i for i, _ in adaptive_cut(ranked, 0.2, 0.6)] == ["a", "b"]  # drop 1.9 >= 0.2 * 2.2
+    even = [("a", 1.0), ("b", 0.9), ("c", 0.8), ("d", 0.7)]
+    assert adaptive_cut(even, 0.5, 0.6) == even  # no clear gap: everything
+    assert adaptive_cut([("a", 1.0), ("b", 0.0)], 0.1) == [("a", 1.0), ("b", 0.0)]
+    flat = [("a", 1.0), ("b", 1.0), ("c", 1.0)]
+    assert adaptive_cut(flat, 0.1) == flat
+    assert adaptive_cut([("a", 5.0), ("b", 1.0), ("c", 0.9)], 0.2, 0.6) == [("a", 5.0)]
+    # A big drop among hits close to the top does not cut them.
+    close = [("a", 10.0), ("b", 7.0), ("c", 6.5), ("d", 1.0), ("e", 0.5)]
+    assert [i for i, _ in adaptive_cut(close, 0.2, 0.6)] == ["a", "b", "c"]
+
+
+def test_past_queries_vote_for_the_tools_they_used(
+    embedder: OnnxEmbedder, slice_: tuple[Corpus, QuerySet], tmp_path: Path
+) -> None:
+    corpus, _ = slice_
+    retriever = _retriever(embedder, tmp_path / "index")
+    retriever.upsert(records_of(corpus))
+    retriever.settings = dataclasses.replace(retriever.settings, refine_votes=2.0)
+    target = corpus.tools[-1].tool_id  # a distractor no query needs
+    past = "please jot this down in my personal scrapbook"
+    now = "jot this down in my scrapbook please"
+    rank_before = [h.tool_id for h in retriever.search(now, 64)]
+    retriever.record_use(target, retriever.embed_query(past))
+    rank_after = [h.tool_id for h in retriever.search(now, 64)]
+    assert target in rank_after
+    assert target not in rank_before[:3]
+    assert rank_after.index(target) < 3
+    retriever.reset_usage()
+    assert [h.tool_id for h in retriever.search(now, 64)] == rank_before
+
+
+def test_evaluate_reuses_a_built_index_for_other_settings(
+    embedder: OnnxEmbedder, slice_: tuple[Corpus, QuerySet], tmp_path: Path
+) -> None:
+    corpus, queries = slice_
+    retriever = _retriever(embedder, tmp_path / "index")
+    first = evaluate(corpus, queries, retriever, EvalOptions(embed_sample=64))
+    assert first["index"]["build_vs_embedder"] > 0
+    assert set(first["index"]["phases_s"]) == {"upsert", "optimize"}
+    plain = RetrievalSettings(refine=False)
+    second = evaluate(corpus, queries, retriever, EvalOptions(build=False, settings=plain, adaptive=True))
+    assert "index" not in second
+    assert second["settings"]["refine"] is False
+    assert 1.0 <= second["returned_mean"] <= 20.0
+    assert len(retriever) == len(corpus.tools)
+
+
+def test_holdout_split_is_fixed_and_disjoint(slice_: tuple[Corpus, QuerySet]) -> None:
+    _, queries = slice_
+    tune, held = holdout_split(queries.queries, 0.4, 13)
+    assert len(tune) == 16
+    assert {q.id for q in tune}.isdisjoint(q.id for q in held)
+    assert len(tune) + len(held) == len(queries.queries)
+    assert holdout_split(queries.queries, 0.4, 13) == (tune, held)

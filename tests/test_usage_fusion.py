@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gateway.learning import UsageLearner
-from retrieval.fusion import hierarchical, normalise_max, rrf, top
+from retrieval.fusion import hierarchical, normalise_max, normalise_range, rrf, server_support, top
 from retrieval.usage import MAX_USAGE_WEIGHT, MemoryUsageStore, add_use, blended_vector, learn, usage_weight
 
 
@@ -71,3 +71,12 @@ def test_live_learning_counts_only_offered_tools_once_and_caps() -> None:
     assert learner.used("c1", "t1") is None  # counted once per find
     assert learner.used("c1", "t2") is not None
     assert learner.used("c1", "t3") is None  # cap reached
+
+
+def test_range_scaling_and_server_support() -> None:
+    assert normalise_range({"a": 0.5, "b": 0.3, "c": 0.4}) == pytest.approx({"a": 1.0, "b": 0.0, "c": 0.5})
+    assert normalise_range({"a": 0.2, "b": 0.2}) == {"a": 0.0, "b": 0.0}
+    assert normalise_range({}) == {}
+    servers = {"a": "s", "b": "s", "c": "s", "d": "t"}
+    support = server_support({"a": 3.0, "b": 2.0, "c": 1.0, "d": 5.0}, servers, depth=2)
+    assert support == {"a": 3.0, "b": 4.0, "c": 5.0, "d": 0.0}  # the others' best two, never itself
