@@ -9,6 +9,7 @@ serialises changes to the retriever, so searches keep answering while a large sy
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -222,14 +223,16 @@ class Catalog:
     async def embed_query(self, query: str) -> Vector:
         return await anyio.to_thread.run_sync(self.retriever.embed_query, query)
 
-    async def search(self, query: str, limit: int, filters: SearchFilters | None = None) -> FindResult:
-        """The best `limit` servable tools for `query` (embedding runs outside the lock)."""
+    async def search(
+        self, query: str, limit: int, filters: SearchFilters | None = None, *, adaptive: bool = False
+    ) -> FindResult:
+        """The best `limit` servable tools for `query` (embedding runs outside the lock);
+        `adaptive` may return fewer, cutting at a clear drop in score."""
         flt = _index_filter(filters)
         vector = await self.embed_query(query)
+        search = functools.partial(self.retriever.search_with_vector, adaptive=adaptive)
         async with self._lock:
-            hits = await anyio.to_thread.run_sync(
-                self.retriever.search_with_vector, query, vector, limit, flt
-            )
+            hits = await anyio.to_thread.run_sync(search, query, vector, limit, flt)
         found = []
         for hit in hits:
             tool = self.get(hit.tool_id)

@@ -31,7 +31,9 @@ from .services import GatewayService
 
 logger = logging.getLogger(__name__)
 Listing = Literal["stable", "dynamic"]
-_FIND_ARGUMENTS = frozenset({"query", "limit", "server", "category", "read_only", "conversation", "mode"})
+_FIND_ARGUMENTS = frozenset(
+    {"query", "limit", "server", "category", "read_only", "conversation", "mode", "adaptive"}
+)
 
 
 class _BadConversation(Exception):
@@ -228,6 +230,8 @@ def _find_error(arguments: dict[str, Any], max_limit: int) -> str | None:
             return f"find_tools '{key}' must be a string"
     if arguments.get("read_only") is not None and not isinstance(arguments["read_only"], bool):
         return "find_tools 'read_only' must be true or false"
+    if arguments.get("adaptive") is not None and not isinstance(arguments["adaptive"], bool):
+        return "find_tools 'adaptive' must be true or false"
     if arguments.get("mode") is not None and arguments["mode"] not in MODES:
         return f"find_tools 'mode' must be one of {list(MODES)}"
     return None
@@ -255,6 +259,7 @@ async def _find(
             filters,
             conversation=conversation,
             mode=arguments.get("mode"),
+            adaptive=arguments.get("adaptive") is True,
         )
     except WorkingSetFull as exc:
         return error_result(str(exc))

@@ -90,6 +90,11 @@ def _find_tools(max_limit: int, default_limit: int) -> types.Tool:
                     "description": "true: only tools that declare they change nothing; "
                     "false: only tools that declare they may change something.",
                 },
+                "adaptive": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "Return fewer than `limit` tools when the scores drop off clearly.",
+                },
                 "conversation": _CONVERSATION,
                 "mode": {
                     "type": "string",

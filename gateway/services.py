@@ -157,10 +157,11 @@ class GatewayService:
         *,
         conversation: str | None = None,
         mode: Mode | None = None,
+        adaptive: bool = False,
     ) -> FindOutcome:
         """Rank the tools; in a conversation, also learn from it and update its working set
         (autonomous mode at capacity raises `WorkingSetFull`)."""
-        found = await self.catalog.search(query, limit, filters)
+        found = await self.catalog.search(query, limit, filters, adaptive=adaptive)
         if conversation is None:
             return FindOutcome(found.hits)
         if self.learner is not None and found.hits:

@@ -300,3 +300,12 @@ async def test_find_tools_filters_in_process(gateway: Gateway) -> None:
     for hit in only_beta:
         assert hit.why
         assert set(hit.stages) >= {"dense", "lexical"}
+
+
+async def test_adaptive_cut_returns_a_prefix(gateway: Gateway) -> None:
+    await gateway.http.post("/admin/servers", json=echo_body("echo", "--extra-tools", "20"))
+    full = await gateway.find("add two numbers", 15)
+    cut = (await gateway.service.find_tools("add two numbers", 15, adaptive=True)).hits
+    assert 1 <= len(cut) < len(full) == 15  # the generated tools score far below `add`
+    assert [h.tool.exposed_name for h in cut] == [h.tool.exposed_name for h in full][: len(cut)]
+    assert cut[0].tool.exposed_name == "echo__add"
