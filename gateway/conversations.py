@@ -98,8 +98,10 @@ class ConversationMemory:
             if chosen == "workflow":
                 result = workflow_turn(working_set, turn=number, now=now, hits=hits, rules=rules)
             elif chosen == "hybrid":
-                result = prune(working_set, turn=number, rules=rules)
-                held = {name: score for name, score in hits.items() if name in result.working_set.tools}
+                # Held tools the search returns again count as active: protected from pruning
+                # and refreshed; hits not held yet join only when the model calls them.
+                held = {name: score for name, score in hits.items() if name in working_set.tools}
+                result = prune(working_set, turn=number, rules=rules, incoming=held)
                 result = replace(
                     result,
                     working_set=add_hits(result.working_set, turn=number, now=now, hits=held).working_set,

@@ -101,3 +101,16 @@ async def test_capacity_holds_under_concurrent_finds(make_store: StoreFactory) -
         assert working_set is not None
         assert working_set.turn == 4
         assert len(working_set) == 6
+
+
+async def test_hybrid_keeps_a_held_tool_that_the_search_returns_again(make_store: StoreFactory) -> None:
+    memory = ConversationMemory(make_store(), mode="hybrid", rules=PruneRules(idle_turns=1, capacity=8))
+    await memory.on_find("c", hits("a"))
+    await memory.on_call("c", "a")  # turn 1: the model uses it
+    await memory.on_find("c", hits("x"))  # turn 2: quiet
+    again = await memory.on_find("c", hits("a", "y"))  # turn 3: idle too long, but returned again
+    assert again.removed == ()
+    assert again.count == 1
+    working_set = await memory.get("c")
+    assert working_set is not None
+    assert working_set.tools["a"].last_returned_turn == 3
