@@ -341,8 +341,7 @@ class OnnxEmbedder:
         rows = [e.ids for e in self._tokenizer.encode_batch(items)]
         # Similar lengths in one batch keep padding, i.e. wasted compute, small.
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-        for start in range(0, len(order), batch_size):
-            chosen = order[start : start + batch_size]
+        for chosen in _batches(order, rows, batch_size):
             out[chosen] = self._run([rows[i] for i in chosen])
         return out
 
@@ -353,6 +352,27 @@ class OnnxEmbedder:
             feed["token_type_ids"] = np.zeros_like(ids)
         hidden: NDArray[np.float32] = self._session.run(None, feed)[0]
         return _normalise(_mean_pool(hidden, mask))
+
+
+# Attention activations grow with batch x width^2: 64 texts of 256 word pieces took ~1.5 GB
+# (kept afterwards by the runtime's arena), so long texts go in smaller batches.
+_ATTENTION_BUDGET = 16 * 256 * 256
+
+
+def _batches(order: list[int], rows: list[list[int]], batch_size: int) -> Iterator[list[int]]:
+    """Consecutive slices of `order` (sorted by length) of at most `batch_size` rows whose
+    batch x width^2 stays within the attention budget (a single row always fits)."""
+    batch: list[int] = []
+    width = 0
+    for i in order:
+        wider = max(width, len(rows[i]))
+        if batch and (len(batch) >= batch_size or (len(batch) + 1) * wider * wider > _ATTENTION_BUDGET):
+            yield batch
+            batch, wider = [], len(rows[i])
+        batch.append(i)
+        width = wider
+    if batch:
+        yield batch
 
 
 def _pad(rows: list[list[int]], pad_id: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:

@@ -268,3 +268,18 @@ async def test_encode_async_runs_in_a_worker_thread(int8_embedder: OnnxEmbedder)
     vectors = await encode_async(int8_embedder, texts)
     np.testing.assert_array_equal(vectors, int8_embedder.encode(texts))
     assert (await encode_async(int8_embedder, [])).shape == (0, 384)
+
+
+def test_batches_cap_long_texts_by_attention_size() -> None:
+    from retrieval.embedder import _ATTENTION_BUDGET, _batches
+
+    rows = [[1] * n for n in [3] * 100 + [256] * 40]
+    order = list(range(len(rows)))
+    batches = list(_batches(order, rows, 64))
+    assert [i for batch in batches for i in batch] == order  # every row once, in order
+    assert all(len(batch) <= 64 for batch in batches)
+    for batch in batches:
+        width = max(len(rows[i]) for i in batch)
+        assert len(batch) == 1 or len(batch) * width * width <= _ATTENTION_BUDGET
+    assert len(batches[0]) == 64  # short texts still fill whole batches
+    assert max(len(b) for b in batches if len(rows[b[0]]) == 256) == 16
