@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -12,6 +13,11 @@ from registry.models import Base
 
 config = context.config
 target_metadata = Base.metadata
+
+# Replicas that start together would otherwise race to apply the same migration; on
+# PostgreSQL the first takes this lock, the others wait and then find nothing left to do.
+# The lock is held to the end of the migration transaction. (SQLite serialises writers itself.)
+MIGRATION_LOCK_KEY = 0x746F6F6C67617465  # "toolgate"
 
 
 def _run(connection: Connection) -> None:
@@ -22,6 +28,8 @@ def _run(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         context.run_migrations()
 
 

@@ -19,14 +19,15 @@ TOOLGATE = str(Path(PYTHON).parent / "toolgate")
 class RunningGateway:
     def __init__(self, data_dir: Path, extra_env: dict[str, str] | None = None) -> None:
         self.port = free_port()
+        # The caller's shell may point DATABASE_URL anywhere; only extra_env may set it.
+        inherited = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
         self.env = {
-            **os.environ,
+            **inherited,
             "TOOLGATE_DATA_DIR": str(data_dir),
             "TOOLGATE_SYNC_INTERVAL_S": "0",
             "TOOLGATE_LOG_LEVEL": "WARNING",
             **(extra_env or {}),
         }
-        self.env.pop("DATABASE_URL", None)
         self.process = subprocess.Popen(
             [TOOLGATE, "serve", "--port", str(self.port)],
             cwd=ROOT,

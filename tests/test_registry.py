@@ -178,3 +178,45 @@ async def test_usage_evidence_round_trips_and_dies_with_the_tool(registry: Regis
     assert not await registry.save_usage("used__nothing", 1, b"")
     await registry.apply_tool_list(server.id, [])
     assert await registry.load_usage() == {}
+
+
+async def test_replicas_migrating_together_do_not_race() -> None:
+    """Two `toolgate db upgrade` processes on one fresh PostgreSQL database (replicas that
+    start together): both succeed and the schema is at head once. Without the advisory lock
+    in migrations/env.py the second fails on tables the first has just created."""
+    import asyncio
+    import os
+    import sys
+    import uuid
+
+    import asyncpg
+
+    from migrations.runner import current_head
+    from tests.conftest import PG_ADMIN_URL, _pg_admin
+
+    name = f"toolgate_race_{uuid.uuid4().hex[:12]}"
+    try:
+        await _pg_admin(f'CREATE DATABASE "{name}"')
+    except Exception as exc:
+        from tests.support import require
+
+        require(False, f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
+    url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    env = {**os.environ, "DATABASE_URL": url}
+    try:
+        runs = [
+            await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway.cli", "db", "upgrade", env=env, stderr=asyncio.subprocess.PIPE
+            )
+            for _ in range(3)
+        ]
+        outputs = [await asyncio.wait_for(run.communicate(), 60) for run in runs]
+        assert [run.returncode for run in runs] == [0, 0, 0], [err.decode()[-2000:] for _, err in outputs]
+        connection = await asyncpg.connect(url)
+        try:
+            versions = [row[0] for row in await connection.fetch("SELECT version_num FROM alembic_version")]
+        finally:
+            await connection.close()
+        assert versions == [current_head()]
+    finally:
+        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
