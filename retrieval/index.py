@@ -120,6 +120,12 @@ class HnswSettings:
     hnsw_ef: int = 512
     full_scan_threshold_kb: int = 75_000
     indexing_threshold_kb: int | None = None  # None: the engine's default
+    # Vectors stored as float16: half the memory and scan bandwidth; at 10.5k tools the top 64
+    # of every query were the same as with float32, and exact scans took 1.9 ms instead of 2.5.
+    float16: bool = True
+    # Threads one search may use (embedded engine). A query searches one or two segments, and
+    # handing them to pool threads cost more than it saved here: 2.5 -> 1.5 ms at 10.5k tools.
+    search_threads: int = 1
 
 
 class VectorIndex(Protocol):

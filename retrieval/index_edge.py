@@ -243,12 +243,17 @@ def _config(dim: int, names: tuple[str, ...], hnsw: HnswSettings) -> qe.EdgeConf
     optimizers = None
     if hnsw.indexing_threshold_kb is not None:
         optimizers = qe.EdgeOptimizersConfig(indexing_threshold=hnsw.indexing_threshold_kb)
+    datatype = qe.VectorStorageDatatype.Float16 if hnsw.float16 else qe.VectorStorageDatatype.Float32
     return qe.EdgeConfig(
-        vectors={name: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine) for name in names},
+        vectors={
+            name: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine, datatype=datatype)
+            for name in names
+        },
         hnsw_config=qe.HnswIndexConfig(
             m=hnsw.m, ef_construct=hnsw.ef_construct, full_scan_threshold=hnsw.full_scan_threshold_kb
         ),
         optimizers=optimizers,
+        max_search_threads=hnsw.search_threads,
     )
 
 

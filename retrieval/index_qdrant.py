@@ -264,7 +264,12 @@ class QdrantVectorIndex:
         self._client.create_collection(
             self._collection,
             vectors_config={
-                name: qm.VectorParams(size=self._dim, distance=qm.Distance.COSINE) for name in self._names
+                name: qm.VectorParams(
+                    size=self._dim,
+                    distance=qm.Distance.COSINE,
+                    datatype=qm.Datatype.FLOAT16 if hnsw.float16 else qm.Datatype.FLOAT32,
+                )
+                for name in self._names
             },
             hnsw_config=qm.HnswConfigDiff(
                 m=hnsw.m, ef_construct=hnsw.ef_construct, full_scan_threshold=hnsw.full_scan_threshold_kb

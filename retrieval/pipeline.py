@@ -26,7 +26,7 @@ from .fusion import (
 )
 from .index import IndexedTool, IndexFilter, VectorIndex, tool_payload
 from .lexical import LexicalIndex
-from .text import query_parts, split_words
+from .text import dense_query, query_parts, split_words
 from .usage import MemoryUsageStore, UsageState, Vector, add_use, blended_vector
 
 DESCRIPTION = "description"
@@ -97,6 +97,9 @@ class RetrievalSettings:
     # list, below the hits scoring at least cut_keep times the top score.
     cut_gap: float = 0.1
     cut_keep: float = 0.6
+    # Embed the query without its function words (see text.dense_query): ~30% fewer word
+    # pieces to embed on ToolBench for R@5 -0.003; lexical search always sees the whole query.
+    compact_query: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,7 +323,9 @@ class Retriever:
     # -- usage ---------------------------------------------------------------------------------
 
     def embed_query(self, query: str) -> Vector:
-        vector: Vector = self.embedder.encode([query])[0]
+        """The query's vector for the dense stages (and for usage learning)."""
+        text = dense_query(query) if self.settings.compact_query else query
+        vector: Vector = self.embedder.encode([text])[0]
         return vector
 
     def record_use(self, tool_id: str, query_vector: Vector) -> UsageState | None:

@@ -24,6 +24,10 @@ from retrieval.index import (
 from retrieval.index_edge import EdgeVectorIndex
 from retrieval.index_qdrant import QdrantVectorIndex
 
+# Vectors are stored as float16 (HnswSettings.float16): a unit vector's components keep
+# about 3 significant digits, so stored vectors and scores match float32 to ~1e-3.
+SCORE_TOL = 2e-3
+VECTOR_TOL = 1e-3
 DIM = 32
 NAMES = ("description", "usage")
 Vectors = NDArray[np.float32]
@@ -88,7 +92,7 @@ def test_search_orders_by_cosine(index: VectorIndex) -> None:
     expected = exact_top(query, {f"t{i}": v for i, v in enumerate(vectors)}, 10)
     assert [t for t, _ in hits] == expected
     for tool_id, score in hits:
-        assert score == pytest.approx(float(vectors[int(tool_id[1:])] @ query), abs=1e-5)
+        assert score == pytest.approx(float(vectors[int(tool_id[1:])] @ query), abs=SCORE_TOL)
     assert [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
     assert [t for t, _ in index.search("description", query, 10, exact=True)] == expected
 
@@ -113,7 +117,7 @@ def test_named_vectors_are_searched_independently(index: VectorIndex) -> None:
     assert [t for t, _ in index.search("usage", d_b, 5)] == ["a"]  # b is not in the usage space
     [(found, score)] = index.search("usage", u_a, 1)
     assert found == "a"
-    assert score == pytest.approx(1.0, abs=1e-5)
+    assert score == pytest.approx(1.0, abs=SCORE_TOL)
     assert set(index.get_vectors(["a", "b"], "usage")) == {"a"}
     assert index.count() == 2
 
@@ -239,7 +243,7 @@ def test_upsert_replaces_a_tool_wholly(index: VectorIndex) -> None:
     index.upsert([tool("a", d2, server="two")])
     assert index.count() == 1
     assert index.get_vectors(["a"], "usage") == {}
-    np.testing.assert_allclose(index.get_vectors(["a"], "description")["a"], d2, atol=1e-6)
+    np.testing.assert_allclose(index.get_vectors(["a"], "description")["a"], d2, atol=VECTOR_TOL)
     payload = index.get_payloads(["a"])["a"]
     assert (payload["server"], payload["category"], payload["tool_id"]) == ("two", None, "a")
 
@@ -260,10 +264,10 @@ def test_update_vectors_keeps_payload_and_other_vectors(index: VectorIndex) -> N
     before = index.get_payloads(["a"])["a"]
     index.update_vectors("a", {"usage": usage})
     assert index.get_payloads(["a"])["a"] == before
-    np.testing.assert_allclose(index.get_vectors(["a"], "description")["a"], d_a, atol=1e-6)
+    np.testing.assert_allclose(index.get_vectors(["a"], "description")["a"], d_a, atol=VECTOR_TOL)
     [(found, score)] = index.search("usage", usage, 3, IndexFilter(read_only=True))
     assert found == "a"
-    assert score == pytest.approx(1.0, abs=1e-5)
+    assert score == pytest.approx(1.0, abs=SCORE_TOL)
     index.update_vectors("a", {"usage": d_b})  # replace again: O(1), no re-upsert
     assert index.search("usage", d_b, 1)[0][0] == "a"
     with pytest.raises(KeyError):
@@ -424,5 +428,7 @@ def test_hnsw_recall_against_exact_search(make_index: Factory) -> None:
         ]
         allowed = [i for i, t in enumerate(ids) if flt is None or f"s{i % 20}" not in flt.exclude_servers]
         truth = [[ids[allowed[j]] for j in np.argsort(-(vectors[allowed] @ q))[:10]] for q in queries]
-        assert exact == truth
+        # float16 storage may swap near-ties at rank 10 (random 384-dim vectors sit close).
+        overlap = np.mean([len(set(e) & set(t)) / 10 for e, t in zip(exact, truth, strict=True)])
+        assert overlap >= 0.995
         assert recall_at_10(index, queries, truth, flt) >= 0.99

@@ -26,7 +26,15 @@ from retrieval.documents import (
     weighted_terms,
 )
 from retrieval.lexical import LexicalIndex
-from retrieval.text import STOPWORDS, normalize, phrase_key, query_parts, split_words, tokenize
+from retrieval.text import (
+    STOPWORDS,
+    dense_query,
+    normalize,
+    phrase_key,
+    query_parts,
+    split_words,
+    tokenize,
+)
 from tests.support import shared_data
 
 TOOLBENCH_SERVERS = {
@@ -134,6 +142,36 @@ def test_tokenize_treats_documents_and_queries_alike() -> None:
     assert (
         tokenize("getChannelClips") == tokenize("get channel clips") == tokenize("Getting the channel's clip")
     )
+
+
+@pytest.mark.parametrize(
+    ("query", "compact"),
+    [
+        (
+            "I'm planning a trip to Paris and I don't want flights before 9am. Can you find me the cheapest?",
+            "planning trip to Paris don't want flights before 9am. find cheapest?",
+        ),
+        ("Get me Messi's transfers, then email them to me!", "Get Messi's transfers, email to"),
+        ("files not older than a week", "files not older week"),
+        ("turn off the lights", "turn off lights"),
+        ("what is it?", "what is it?"),  # only function words: unchanged, never empty
+        ("", ""),
+    ],
+)
+def test_dense_query_drops_function_words_but_keeps_steering_ones(query: str, compact: str) -> None:
+    assert dense_query(query) == compact
+
+
+def test_dense_query_shortens_real_queries() -> None:
+    """On the shared ToolBench queries the compact text is much shorter but keeps every
+    content word (each search token of the query survives)."""
+    path = shared_data() / "toolbench" / "queries.jsonl"
+    texts = [json.loads(line)["query"] for line in path.read_text().splitlines() if line.strip()]
+    before = sum(len(t.split()) for t in texts)
+    after = sum(len(dense_query(t).split()) for t in texts)
+    assert after < 0.75 * before
+    for text in texts[:200]:
+        assert tokenize(dense_query(text)) == tokenize(text)
 
 
 def test_phrase_key_is_literal() -> None:
