@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import sys
+from array import array
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
@@ -30,6 +31,8 @@ class LexicalIndex:
 
     Documents live in integer slots (reused after removal): postings keyed by small ints and
     per-slot lists make scoring about twice as fast as string-keyed dicts at 100k tools.
+    Each term's postings are two packed arrays (slots, weighted tfs) in no particular order:
+    12 bytes a posting instead of ~60 in a dict, which is most of this index at 100k tools.
     """
 
     def __init__(self, k1: float = DEFAULT_K1, b: float = DEFAULT_B) -> None:
@@ -38,7 +41,7 @@ class LexicalIndex:
             raise ValueError(f"need k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
         self._k1 = k1
         self._b = b
-        self._postings: dict[str, dict[int, float]] = {}  # term -> {slot -> weighted tf}
+        self._postings: dict[str, tuple[array[int], array[float]]] = {}  # term -> (slots, tfs)
         self._slot: dict[str, int] = {}  # tool_id -> slot
         self._ids: list[str] = []  # slot -> tool_id ("" when free)
         self._terms: list[tuple[str, ...]] = []  # slot -> its terms, to undo its postings
@@ -48,8 +51,6 @@ class LexicalIndex:
         # Length normalisation per slot; depends on the average length, so any change
         # invalidates it and the next search recomputes it once.
         self._norms: list[float] | None = None
-        # Weighted tfs take few distinct values; sharing the float objects saves memory.
-        self._tf_pool: dict[float, float] = {}
         self._norms_array: NDArray[np.float64] = np.zeros(0)
         self._contributions: dict[tuple[str, bool], tuple[NDArray[np.intp], NDArray[np.float64]]] = {}
 
@@ -84,7 +85,8 @@ class LexicalIndex:
 
     def document_frequency(self, term: str) -> int:
         """How many documents contain ``term`` (a normalised token)."""
-        return len(self._postings.get(term, ()))
+        postings = self._postings.get(term)
+        return len(postings[0]) if postings is not None else 0
 
     def idf(self, term: str) -> float:
         """BM25 inverse document frequency of a normalised term in the current index."""
@@ -98,19 +100,18 @@ class LexicalIndex:
     def add_terms(self, tool_id: str, terms: Mapping[str, float]) -> None:
         """Index pre-computed ``term -> weighted frequency``, replacing ``tool_id`` if present."""
         self.remove(tool_id)
-        pool = self._tf_pool
-        kept = {
-            sys.intern(t): pool.setdefault(float(tf), float(tf))
-            for t, tf in terms.items()
-            if 0 < tf < math.inf
-        }
+        kept = {sys.intern(t): float(tf) for t, tf in terms.items() if 0 < tf < math.inf}
         slot = self._free.pop() if self._free else len(self._ids)
         if slot == len(self._ids):
             self._ids.append("")
             self._terms.append(())
             self._lengths.append(0.0)
         for term, tf in kept.items():
-            self._postings.setdefault(term, {})[slot] = tf
+            postings = self._postings.get(term)
+            if postings is None:
+                postings = self._postings[term] = (array("i"), array("d"))
+            postings[0].append(slot)
+            postings[1].append(tf)
         # Phrase keys repeat words already counted, so they add nothing to the length.
         length = math.fsum(tf for term, tf in kept.items() if not term.startswith(PHRASE_PREFIX))
         self._slot[tool_id] = slot
@@ -126,9 +127,12 @@ class LexicalIndex:
         if slot is None:
             return False
         for term in self._terms[slot]:
-            postings = self._postings[term]
-            del postings[slot]
-            if not postings:
+            slots, tfs = self._postings[term]
+            # Order does not matter: move the last posting into the freed place.
+            at, last = slots.index(slot), len(slots) - 1
+            slots[at], tfs[at] = slots[last], tfs[last]
+            del slots[last], tfs[last]
+            if not slots:
                 del self._postings[term]  # keeps the vocabulary from growing without bound
         self._total_length -= self._lengths[slot]
         if not self._slot:
@@ -154,12 +158,13 @@ class LexicalIndex:
         if cached is not None:
             return cached
         postings = self._postings.get(term)
-        if not postings:
+        if postings is None:
             return None
         self._length_norms()
         weight = self.idf(term) * (self._k1 + 1.0)
-        slots = np.fromiter(postings.keys(), dtype=np.intp, count=len(postings))
-        tfs = np.fromiter(postings.values(), dtype=np.float64, count=len(postings))
+        # Copies, not views: a packed array cannot grow while numpy holds its buffer.
+        slots = np.array(postings[0], dtype=np.intp)
+        tfs = np.array(postings[1], dtype=np.float64)
         # An exact-name match skips length normalisation (see _score).
         norms = self._k1 if exact else self._norms_array[slots]
         values = weight * tfs / (tfs + norms)
