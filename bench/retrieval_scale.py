@@ -75,8 +75,14 @@ def main() -> None:
         index = open_index(None, Path(workdir) / "index", dim=embedder.dim, vector_names=VECTOR_NAMES)
         try:
             retriever = Retriever(embedder, index)
-            options = EvalOptions(folds=0, seed=args.seed, embed_sample=args.embed_sample)
+            # The engine alone first (the build is measured here), then the same queries with
+            # the intent stage on the same index.
+            options = EvalOptions(folds=0, seed=args.seed, embed_sample=args.embed_sample, intent=False)
             report: dict[str, Any] = evaluate(scaled, chosen, retriever, options, _progress)
+            rss_built = _rss_mb()
+            with_intent = evaluate(
+                scaled, chosen, retriever, EvalOptions(folds=0, seed=args.seed, build=False, intent=True)
+            )
         finally:
             index.close()
     result = {
@@ -87,8 +93,13 @@ def main() -> None:
         "queries": len(chosen.queries),
         "latency_ms": report["latency_ms"],
         "floor_ms": report.get("floor_ms"),
+        "intent_on": {
+            "latency_ms": with_intent["latency_ms"],
+            "intent": with_intent.get("intent"),
+            "recall@5": with_intent.get("recall@5"),
+        },
         "index": report.get("index"),
-        "rss_mb": {"start": rss_start, "after_model": rss_model, "peak": _rss_mb()},
+        "rss_mb": {"start": rss_start, "after_model": rss_model, "peak_built": rss_built, "peak": _rss_mb()},
         "wall_s": round(time.perf_counter() - started, 1),
         "embedder": report.get("embedder"),
         "settings": report.get("settings"),
@@ -97,7 +108,8 @@ def main() -> None:
     }
     path = save(args.name or f"retrieval_scale_{len(tools)}", result)
     print(
-        f"{len(tools)} tools: latency p50 {result['latency_ms']['p50']} ms, p99 {result['latency_ms']['p99']} ms;"
+        f"{len(tools)} tools: latency p50 {result['latency_ms']['p50']} ms, p99 {result['latency_ms']['p99']} ms"
+        f" (intent on: p50 {with_intent['latency_ms']['p50']} ms);"
         f" floor {result['floor_ms']}; build {result['index']}; peak RSS {result['rss_mb']['peak']} MB"
     )
     print(f"saved {path}")

@@ -6,7 +6,10 @@ through :class:`retrieval.pipeline.Retriever` via :func:`retrieval.evaluate.eval
 ``--folds N`` usage vectors learn from the other folds only (N-fold CV by query, seed 13).
 
 One build serves every settings variant given (``--settings`` takes a JSON object of
-:class:`RetrievalSettings` overrides, or a list of them).
+:class:`RetrievalSettings` overrides, or a list of them). ``--intent both`` (the default) runs
+each variant with the intent stage off and on and prints them side by side per ToolBench group
+(G1, G2, G3), for the queries that need several tools, with latency, the parser's own time
+and the tool tokens returned against listing every tool.
 
 Tuning (``--tune GRID``): the queries are split once (seed 13) into TUNE (40%) and HELD-OUT
 (60%). Every variant of the grid (a JSON list of override objects) is scored by 5-fold CV on
@@ -15,7 +18,8 @@ variants the latency budget allows, is then reported by 5-fold CV on ALL queries
 HELD-OUT alone, with latency.
 
     .venv/bin/python -m bench.retrieval_toolbench [--distractors] [--folds 5] [--settings JSON]
-        [--queries-subset all|tune|heldout] [--adaptive] [--tune GRID.json] [--name NAME]
+        [--intent both|on|off|default] [--queries-subset all|tune|heldout] [--adaptive]
+        [--tune GRID.json] [--name NAME]
 
 Results go to ``bench/results/retrieval_<name>.json``. Not a test: it never fails on a score.
 """
@@ -25,6 +29,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
+import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,8 +40,17 @@ from typing import Any
 from bench.common import machine, save, shared_data
 from retrieval.corpus import Query, QuerySet, load_toolbench
 from retrieval.embedder import load_onnx
-from retrieval.evaluate import EvalOptions, embed_queries, evaluate, holdout_split, records_of, score
+from retrieval.evaluate import (
+    EvalOptions,
+    embed_queries,
+    evaluate,
+    holdout_split,
+    prepare_queries,
+    records_of,
+    score,
+)
 from retrieval.index import open_index
+from retrieval.intent_stage import PreparedQuery
 from retrieval.pipeline import VECTOR_NAMES, RetrievalSettings, Retriever
 
 SEED = 13
@@ -73,6 +89,60 @@ def headline(label: str, report: dict[str, Any]) -> str:
     return line
 
 
+def intent_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The figures the intent stage is judged by, from a run with per-query rows (which it
+    removes from the report): per ToolBench family (G1, G2, G3), the multi-tool queries,
+    latency, the parser's own time and the tool tokens returned."""
+    rows = report.pop("per_query")
+    families: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        families.setdefault((row["group"] or "?").split("_")[0], []).append(row)
+    keys = ("recall@5", "ndcg@10", "completeness@10")
+
+    def means(chosen: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"queries": len(chosen), **{k: round(statistics.fmean(r[k] for r in chosen), 4) for k in keys}}
+
+    tokens = report["tokens"]
+    multi = report.get("multi_tool", {})
+    return {
+        "overall": {k: report[k] for k in ("queries", *keys)},
+        "multi_tool": {k: multi.get(k) for k in ("queries", *keys)},
+        "families": {name: means(chosen) for name, chosen in sorted(families.items())},
+        "latency_ms": report["latency_ms"],
+        "parser_ms": report["intent"].get("parser_ms"),
+        "tokens": {
+            **tokens,
+            "reduction": round(1 - tokens["returned_share"], 5) if tokens["returned_share"] else None,
+        },
+    }
+
+
+def compare(off: dict[str, Any], on: dict[str, Any]) -> str:
+    """Intent off vs on, one line per slice."""
+    lines = [
+        f"{'slice':12}{'queries':>8}  {'R@5 off/on':>16}  {'nDCG@10 off/on':>16}  {'C@10 off/on (delta)':>24}"
+    ]
+    slices = [("overall", off["overall"], on["overall"]), ("multi-tool", off["multi_tool"], on["multi_tool"])]
+    slices += [(name, row, on["families"][name]) for name, row in off["families"].items()]
+    for name, a, b in slices:
+        c = b["completeness@10"] - a["completeness@10"]
+        lines.append(
+            f"{name:12}{a['queries']:>8}  {a['recall@5']:.3f} / {b['recall@5']:.3f}  "
+            f"{a['ndcg@10']:.3f} / {b['ndcg@10']:.3f}    {a['completeness@10']:.3f} / {b['completeness@10']:.3f} ({c:+.3f})"
+        )
+    la, lb, parser = off["latency_ms"], on["latency_ms"], on["parser_ms"] or {}
+    lines.append(
+        f"latency p50 {la['p50']:.1f} / {lb['p50']:.1f} ms, p99 {la['p99']:.1f} / {lb['p99']:.1f} ms; "
+        f"parser p50 {parser.get('p50', 0):.2f} ms, p99 {parser.get('p99', 0):.2f} ms"
+    )
+    ta, tb = off["tokens"], on["tokens"]
+    lines.append(
+        f"tokens top-{ta['limit']} {ta['returned_mean']} / {tb['returned_mean']} per query vs {ta['listing']} "
+        f"listing all tools: {ta['reduction']:.2%} / {tb['reduction']:.2%} fewer"
+    )
+    return "\n".join(lines)
+
+
 def subset(queries: QuerySet, which: str) -> QuerySet:
     if which == "all":
         return queries
@@ -89,6 +159,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--settings", default="{}", help="JSON object (or list) of RetrievalSettings overrides"
+    )
+    parser.add_argument(
+        "--intent",
+        choices=("both", "on", "off", "default"),
+        default="both",
+        help="intent stage: off and on side by side (default), one of them, or the settings' default",
     )
     parser.add_argument("--queries-subset", choices=("all", "tune", "heldout"), default="all")
     parser.add_argument("--adaptive", action="store_true", help="also score the adaptive cut")
@@ -110,6 +186,7 @@ def main() -> None:
         "tools": len(corpus.tools),
         "machine": machine(),
         "embedder": embedder.model_id,
+        "command": shlex.join([".venv/bin/python", "-m", "bench.retrieval_toolbench", *sys.argv[1:]]),
         "runs": [],
     }
     with tempfile.TemporaryDirectory(prefix="toolgate-bench-") as tmp:
@@ -124,17 +201,46 @@ def main() -> None:
             built = True
             result["adopted_from"] = str(args.index)
 
-        def run(label: str, qs: QuerySet, overrides: dict[str, Any], folds: int, adaptive: bool) -> None:
+        def run(
+            label: str,
+            qs: QuerySet,
+            overrides: dict[str, Any],
+            folds: int,
+            adaptive: bool,
+            intent: bool | None = None,
+        ) -> dict[str, Any]:
             nonlocal built
             opts = EvalOptions(
-                folds=folds, seed=SEED, settings=settings_of(overrides), build=not built, adaptive=adaptive
+                folds=folds,
+                seed=SEED,
+                settings=settings_of(overrides),
+                build=not built,
+                adaptive=adaptive,
+                intent=intent,
+                per_query=True,
             )
             report = evaluate(corpus, qs, retriever, opts)
             built = True
             report["label"] = label
             report["overrides"] = overrides
+            report["summary"] = intent_summary(report)
             result["runs"].append(report)
             print(headline(label, report), flush=True)
+            return report
+
+        def run_intent(
+            label: str, qs: QuerySet, overrides: dict[str, Any], folds: int, adaptive: bool
+        ) -> None:
+            if args.intent != "both":
+                choice = {"on": True, "off": False, "default": None}[args.intent]
+                run(label, qs, overrides, folds, adaptive, choice)
+                return
+            off = run(label + " intent off", qs, overrides, folds, adaptive, False)
+            on = run(label + " intent on", qs, overrides, folds, adaptive, True)
+            print(compare(off["summary"], on["summary"]), flush=True)
+            result.setdefault("comparisons", []).append(
+                {"label": label, "off": off["summary"], "on": on["summary"]}
+            )
 
         if args.tune is not None:
             grid: list[dict[str, Any]] = json.loads(args.tune.read_text())
@@ -148,8 +254,19 @@ def main() -> None:
             result["index"] = build_report["index"]
             vectors = embed_queries(retriever, tune)
             scored = []
+            prepared: dict[tuple[bool, bool], dict[str, PreparedQuery]] = {}
             for overrides in grid:
-                report = score(tune, retriever, vectors, folds=5, seed=SEED, settings=settings_of(overrides))
+                settings = settings_of(overrides)
+                ready = None
+                if settings.intent:  # prepared once per way of preparing (the spans embedded)
+                    retriever.settings = settings
+                    key = (settings.intent_single, settings.compact_query)
+                    if key not in prepared:
+                        prepared[key] = prepare_queries(retriever, tune)
+                    ready = prepared[key]
+                report = score(
+                    tune, retriever, vectors, folds=5, seed=SEED, settings=settings, prepared=ready
+                )
                 scored.append(
                     {
                         "overrides": overrides,
@@ -174,9 +291,9 @@ def main() -> None:
             print(f"chosen: {json.dumps(best['overrides'])}")
             all_q = queries
             held_q = QuerySet(queries=tuple(held), flaws=queries.flaws)
-            run("chosen, 5-fold CV, ALL", all_q, best["overrides"], 5, False)
-            run("chosen, 5-fold CV, HELD-OUT", held_q, best["overrides"], 5, False)
-            run("chosen, no usage, ALL", all_q, best["overrides"], 0, False)
+            run_intent("chosen, 5-fold CV, ALL", all_q, best["overrides"], 5, False)
+            run_intent("chosen, 5-fold CV, HELD-OUT", held_q, best["overrides"], 5, False)
+            run_intent("chosen, no usage, ALL", all_q, best["overrides"], 0, False)
         else:
             variants = json.loads(args.settings)
             if isinstance(variants, dict):
@@ -185,9 +302,9 @@ def main() -> None:
             for folds in [int(f) for f in args.folds.split(",")]:
                 for overrides in variants:
                     label = f"folds {folds} {json.dumps(overrides)[:50]}"
-                    run(label, qs, overrides, folds, False)
+                    run_intent(label, qs, overrides, folds, False)
                     if args.adaptive:
-                        run(label + " adaptive", qs, overrides, folds, True)
+                        run_intent(label + " adaptive", qs, overrides, folds, True)
         index.close()
     result["wall_s"] = round(time.perf_counter() - started, 1)
     name = args.name or (

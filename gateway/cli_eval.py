@@ -84,6 +84,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--max-queries", type=int, default=None, metavar="N", help="score a seeded sample of N queries"
     )
+    parser.add_argument(
+        "--intent",
+        choices=("on", "off"),
+        default=None,
+        help="run the intent stage (parse the request into sub-intents, score tools per sub-intent) "
+        "or not (default: the retrieval settings' default)",
+    )
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the report here")
 
 
@@ -94,6 +101,7 @@ class _Plan:
     loaded_queries: int  # before --max-queries
     missing: dict[str, tuple[str, ...]]
     limit: int
+    intent: bool | None  # None: the retrieval settings' default
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -163,7 +171,8 @@ def _prepare(args: argparse.Namespace, settings: Settings) -> _Plan:
         except ValueError as exc:
             raise EvalError(f"--folds {args.folds}: {exc}") from None
     missing = missing_labels(queries.queries, corpus.ids())
-    return _Plan(corpus, queries, loaded, missing, limit)
+    intent = None if args.intent is None else args.intent == "on"
+    return _Plan(corpus, queries, loaded, missing, limit, intent)
 
 
 def _check_writable(path: Path) -> None:
@@ -200,7 +209,12 @@ def _evaluate(args: argparse.Namespace, settings: Settings, plan: _Plan) -> dict
     )
     pipeline = retrieval_settings(settings)
     options = EvalOptions(
-        folds=args.folds, seed=args.seed, depth=DEPTH, token_limit=plan.limit, settings=pipeline
+        folds=args.folds,
+        seed=args.seed,
+        depth=DEPTH,
+        token_limit=plan.limit,
+        settings=pipeline,
+        intent=pipeline.intent if plan.intent is None else plan.intent,
     )
     bar = ProgressBar(sys.stderr)
     with _sigterm_as_interrupt():
@@ -256,6 +270,7 @@ def _context(args: argparse.Namespace, plan: _Plan, started: float) -> dict[str,
             "limit": plan.limit,
             "depth": DEPTH,
             "max_queries": args.max_queries,
+            "intent": args.intent,
         },
         "split": f"{args.folds}-fold cross-validation by query (seed {args.seed}); usage vectors learn "
         "from the training folds only and every query is scored once, held out"
@@ -338,7 +353,10 @@ _COLUMNS = (
 
 
 def format_report(report: dict[str, Any]) -> str:
-    rows: list[tuple[str, dict[str, Any]]] = [("overall", report), *report["groups"].items()]
+    rows: list[tuple[str, dict[str, Any]]] = [("overall", report)]
+    if "multi_tool" in report:
+        rows.append(("several tools", report["multi_tool"]))
+    rows += report["groups"].items()
     width = max(len(name) for name, _ in rows) + 2
     header = f"{'group':<{width}}{'queries':>8}" + "".join(f"{label:>9}" for label, _ in _COLUMNS)
     lines = [
@@ -362,12 +380,25 @@ def format_report(report: dict[str, Any]) -> str:
         f"{tokens['listing']} to list every tool ({_num(tokens['returned_share'], '.3%')}; "
         f"{report['tokenizer']})",
     ]
+    lines.append(_intent_line(report["intent"]))
     missing = report["flaws"]["missing_labels"]
     if missing["queries"]:
         lines.append(
             f"missing   {missing['queries']} queries name tools not in the corpus (scored as misses)"
         )
     return "\n".join(lines)
+
+
+def _intent_line(intent: dict[str, Any]) -> str:
+    if not intent["on"]:
+        return "intent    off"
+    if "parser_ms" not in intent:
+        return "intent    on (no request parsed)"
+    parser = intent["parser_ms"]
+    return (
+        f"intent    on: {intent['sub_intents_mean']:.2f} sub-intents per request "
+        f"({intent['split_share']:.0%} split); parser p50 {parser['p50']:.2f} ms, p99 {parser['p99']:.2f} ms"
+    )
 
 
 def _num(value: float | None, spec: str = ".1f") -> str:

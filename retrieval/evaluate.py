@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from .corpus import Corpus, Query, QuerySet, kfold, text_key
-from .metrics import MetricSet, percentile
+from .intent_stage import PreparedQuery
+from .metrics import MetricSet, QueryRecord, percentile
 from .pipeline import (
     DESCRIPTION,
     EMBED_BATCH,
@@ -46,6 +47,9 @@ class EvalOptions:
     # One build can then serve many settings.
     build: bool = True
     adaptive: bool = False  # stage 3 adaptive cut (ranked lists may be shorter than depth)
+    # The intent stage (built-in parser) on or off; None follows the settings' default.
+    intent: bool | None = None
+    per_query: bool = False  # add each query's figures to the report (for paired comparisons)
 
 
 def records_of(corpus: Corpus) -> list[ToolRecord]:
@@ -92,9 +96,13 @@ def evaluate(
             else None,
         }
     tokens = {tool.tool_id: tool_tokens(tool) for tool in corpus.tools}
-    metrics = MetricSet(
-        tools=len(records), listing_tokens=listing_tokens(corpus.tools), limit=opts.token_limit
-    )
+    listing = listing_tokens(corpus.tools)
+    metrics = MetricSet(tools=len(records), listing_tokens=listing, limit=opts.token_limit)
+    # Queries that need several tools: what the intent stage is for.
+    multi = MetricSet(tools=len(records), listing_tokens=listing, limit=opts.token_limit)
+    intent = retriever.settings.intent if opts.intent is None else opts.intent
+    parse_s: list[float] = []
+    sub_intents: list[int] = []
     floor: list[float] = []
     returned_counts: list[int] = []
     splits = _splits(queries.queries, opts)
@@ -108,18 +116,29 @@ def evaluate(
         _train(retriever, train, train_vectors)
         for query in test:
             started = time.perf_counter()
-            hits = retriever.search(query.text, opts.depth, adaptive=opts.adaptive)
+            prepared = retriever.prepare(query.text, intent=intent)
+            hits = retriever.search_prepared(prepared, opts.depth, adaptive=opts.adaptive)
             latency = time.perf_counter() - started
             ranked = [hit.tool_id for hit in hits]
             returned_counts.append(len(ranked))
             returned = sum(tokens.get(tool_id, 0) for tool_id in ranked[: opts.token_limit])
             metrics.add(query.id, query.group, ranked, query.relevant, latency, returned)
+            if len(query.relevant) > 1:
+                multi.add(query.id, query.group, ranked, query.relevant, latency, returned)
+            if prepared.intent is not None:
+                parse_s.append(prepared.parse_s)
+                sub_intents.append(len(prepared.intent.sub_intents))
             floor.append(_floor(retriever, query.text, opts.depth))
             done += 1
             progress("query", done, total)
     retriever.reset_usage()
     report = metrics.report()
     report["floor_ms"] = {"p50": _ms(percentile(floor, 50)), "p99": _ms(percentile(floor, 99))}
+    if len(multi):
+        report["multi_tool"] = multi.report()
+    report["intent"] = _intent_report(intent, parse_s, sub_intents)
+    if opts.per_query:
+        report["per_query"] = [_query_row(record) for record in metrics.records]
     if index_report is not None:
         report["index"] = index_report
     if opts.adaptive:
@@ -142,27 +161,47 @@ def score(
     depth: int = 20,
     settings: RetrievalSettings | None = None,
     adaptive: bool = False,
+    prepared: Mapping[str, PreparedQuery] | None = None,
 ) -> dict[str, Any]:
     """Quality only, for tuning: like :func:`evaluate` on an already built retriever, but with
     query vectors computed beforehand (``vectors`` by query id), so no latency is reported.
-    Same folds and usage training as `evaluate` with the same folds and seed."""
+    Same folds and usage training as `evaluate` with the same folds and seed. With
+    ``prepared`` (by query id, see :func:`prepare_queries`) the queries are searched as
+    prepared (the intent stage); without, by the plain pipeline whatever ``settings.intent``
+    says. The report has ``multi_tool`` figures too."""
     if settings is not None:
         retriever.settings = settings
     metrics = MetricSet(tools=len(retriever))
+    multi = MetricSet(tools=len(retriever))
     opts = EvalOptions(folds=folds, seed=seed, depth=depth)
     returned = []
     for train, test in _splits(queries, opts):
         _train(retriever, train, vectors)
         for query in test:
-            hits = retriever.search_with_vector(query.text, vectors[query.id], depth, adaptive=adaptive)
+            if prepared is not None:
+                hits = retriever.search_prepared(prepared[query.id], depth, adaptive=adaptive)
+            else:
+                hits = retriever.search_with_vector(query.text, vectors[query.id], depth, adaptive=adaptive)
             returned.append(len(hits))
-            metrics.add(query.id, query.group, [h.tool_id for h in hits], query.relevant, 0.0)
+            ranked = [h.tool_id for h in hits]
+            metrics.add(query.id, query.group, ranked, query.relevant, 0.0)
+            if len(query.relevant) > 1:
+                multi.add(query.id, query.group, ranked, query.relevant, 0.0)
     retriever.reset_usage()
     report = metrics.report()
     del report["latency_ms"], report["tokens"]
+    if len(multi):
+        report["multi_tool"] = {k: v for k, v in multi.report().items() if k not in ("latency_ms", "tokens")}
     if adaptive:
         report["returned_mean"] = round(float(np.mean(returned)), 2)
     return report
+
+
+def prepare_queries(
+    retriever: Retriever, queries: Sequence[Query], *, intent: bool = True
+) -> dict[str, PreparedQuery]:
+    """Every query prepared for :meth:`Retriever.search_prepared` (for :func:`score`)."""
+    return {q.id: retriever.prepare(q.text, intent=intent) for q in queries}
 
 
 def embed_queries(retriever: Retriever, queries: Sequence[Query]) -> dict[str, Vector]:
@@ -253,3 +292,29 @@ def _floor(retriever: Retriever, text: str, depth: int) -> float:
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
+
+
+def _intent_report(on: bool, parse_s: Sequence[float], sub_intents: Sequence[int]) -> dict[str, Any]:
+    """Whether the intent stage ran, the built-in parser's own time and how it split requests."""
+    if not on or not sub_intents:
+        return {"on": on}
+    return {
+        "on": True,
+        "parser_ms": {
+            "mean": _ms(float(np.mean(parse_s))),
+            "p50": _ms(percentile(parse_s, 50)),
+            "p99": _ms(percentile(parse_s, 99)),
+        },
+        "sub_intents_mean": round(float(np.mean(sub_intents)), 3),
+        "split_share": round(sum(n > 1 for n in sub_intents) / len(sub_intents), 4),
+    }
+
+
+def _query_row(record: QueryRecord) -> dict[str, Any]:
+    return {
+        "id": record.query_id,
+        "group": record.group,
+        **{k: record.metrics[k] for k in ("recall@5", "ndcg@10", "completeness@10", "recall@10")},
+        "latency_ms": _ms(record.latency_s),
+        "returned_tokens": record.returned_tokens,
+    }

@@ -6,7 +6,9 @@ Plain data in and out. Blocking: the gateway runs it in a worker thread.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -25,7 +27,20 @@ from .fusion import (
     top,
 )
 from .index import IndexedTool, IndexFilter, VectorIndex, tool_payload
+from .intent import Intent, IntentParser
+from .intent_stage import (
+    Candidates,
+    IntentCatalog,
+    PreparedQuery,
+    build_candidates,
+    fuse,
+    intent_ranking,
+    reads_only,
+    subspace_scores,
+)
 from .lexical import LexicalIndex
+from .settings import RetrievalSettings as RetrievalSettings
+from .settings import intent_weights as intent_weights
 from .text import dense_query, query_parts, split_words
 from .usage import MemoryUsageStore, UsageState, Vector, add_use, blended_vector
 
@@ -63,45 +78,6 @@ class ToolRecord:
         return self.text.tool_id
 
 
-@dataclass(frozen=True)
-class RetrievalSettings:
-    """Defaults chosen on ToolBench by 5-fold CV on a fixed 40% TUNE split of its queries
-    (bench/retrieval_toolbench.py --tune; the other 60% stayed held out)."""
-
-    pool_size: int = 64  # stage-1 candidates per list (ToolRefiner's pool)
-    rrf_k: float = 60.0
-    weight_dense: float = 1.0
-    weight_lexical: float = 1.5
-    # MCP-Zero's hierarchical list (s_server * s_tool) * max(...): 0 skips its index query.
-    # Measured no better than the server similarity and coherence features of stage 2.
-    weight_routed: float = 0.0
-    weight_parts: float = 0.0  # per-sentence lexical lists as stage-1 candidate sources
-    routed_servers: int = 5  # servers whose tools the hierarchical list draws from
-    part_pool: int = 10  # candidates each sentence of the request contributes
-    refine: bool = True
-    # Stage 2: the final score is a weighted sum of features, each scaled to 0..1 over the
-    # candidate pool (see Retriever._refine).
-    refine_rrf: float = 0.0
-    refine_dense: float = 1.0
-    refine_lexical: float = 2.0
-    refine_parts: float = 1.0
-    refine_server: float = 0.8
-    refine_coherence: float = 0.25
-    refine_usage: float = 0.0
-    refine_votes: float = 0.0
-    votes_k: int = 10  # nearest past queries that vote for the tools they used
-    # Best cosine of any sentence of the request (the sentences are embedded in one extra
-    # call: costs latency, so off unless it pays).
-    refine_dense_parts: float = 0.0
-    # Adaptive cut (see fusion.adaptive_cut): a drop of this share of the score spread ends the
-    # list, below the hits scoring at least cut_keep times the top score.
-    cut_gap: float = 0.1
-    cut_keep: float = 0.6
-    # Embed the query without its function words (see text.dense_query): ~30% fewer word
-    # pieces to embed on ToolBench for R@5 -0.003; lexical search always sees the whole query.
-    compact_query: bool = True
-
-
 @dataclass(frozen=True, slots=True)
 class Embedded:
     """Vectors computed for a batch of tools, before they are stored."""
@@ -116,6 +92,7 @@ class Hit:
     score: float
     stages: Mapping[str, float] = field(default_factory=dict)
     why: str = ""
+    sub_intent: int | None = None  # index of the sub-intent it serves (intent stage only)
 
 
 def embedding_text(tool: ToolText) -> str:
@@ -149,8 +126,9 @@ class Retriever:
         self._server_sum: dict[str, Vector] = {}
         self._server_count: dict[str, int] = {}
         self._server_text: dict[str, Vector] = {}
-        self._server_matrix: tuple[list[str], np.ndarray] | None = None
-        self._server_row: dict[str, int] = {}
+        # Server names, their unit rows and each name's row: one tuple, replaced whole, so a
+        # reader never pairs a row map with another build's matrix.
+        self._server_matrix: tuple[list[str], np.ndarray, dict[str, int]] | None = None
         # Description vectors of indexed tools (also in the index): stage 2 and usage updates
         # read them per query, and a round trip to the index per candidate costs milliseconds.
         self._vectors: dict[str, Vector] = {}
@@ -158,6 +136,7 @@ class Retriever:
         # Past queries (vector, tools they used) for the nearest-query votes; in memory only.
         self._past: list[tuple[Vector, tuple[str, ...]]] = []
         self._past_matrix: np.ndarray | None = None
+        self._intent = IntentCatalog()
 
     # -- indexing ------------------------------------------------------------------------------
 
@@ -214,6 +193,9 @@ class Retriever:
             ):
                 self.index.set_payload([record.tool_id], _payload(record, self.embedder.model_id))
                 self._records[record.tool_id] = record
+                vector = self._vectors.get(record.tool_id)
+                if vector is not None:
+                    self._intent.recategorise(old.category, record.category, vector)
 
     def embed(self, records: Sequence[ToolRecord], *, batch_size: int = EMBED_BATCH) -> Embedded:
         """Model work only (no state changes), so a caller can run it outside any lock: the
@@ -295,6 +277,8 @@ class Retriever:
         self._server_sum[server] = self._server_sum.get(server, np.zeros_like(vector)) + vector
         self._server_count[server] = self._server_count.get(server, 0) + 1
         self._server_matrix = None
+        self._intent.add(record.tool_id, record.text, record.category, self._vectors[record.tool_id])
+        self._intent.servers_changed()
 
     def _forget(self, tool_id: str) -> None:
         record = self._records.pop(tool_id, None)
@@ -311,6 +295,8 @@ class Retriever:
             self._server_count.pop(server, None)
             self._server_text.pop(server, None)
         self._server_matrix = None
+        self._intent.remove(tool_id, record.text, record.category, vector)
+        self._intent.servers_changed()
 
     def remove(self, tool_ids: Iterable[str]) -> None:
         """Drop tools at once: they disappear from every list immediately."""
@@ -379,10 +365,70 @@ class Retriever:
 
     # -- search --------------------------------------------------------------------------------
 
+    def intent_parser(self) -> IntentParser:
+        """The built-in intent parser over the current catalog (tool and server names, server
+        and category centroids); rebuilt lazily after the catalog changed. The LLM parser
+        takes it as its fallback."""
+        return self._intent.parser(lambda: self._server_rows()[:2])
+
+    def prepare(self, query: str, *, intent: Intent | bool = False) -> PreparedQuery:
+        """Embed ``query`` (and, with an intent, its sub-intent spans) for
+        :meth:`search_prepared`. ``intent``: True parses with the built-in parser, an
+        :class:`Intent` (from the LLM parser) is used as given, False runs no intent stage.
+        The intent comes back with domain hints; ``vector`` is what :meth:`embed_query` returns."""
+        text = dense_query(query) if self.settings.compact_query else query
+        if intent is False:
+            return PreparedQuery(query, self.embedder.encode([text])[0])
+        parser = self.intent_parser()
+        parse_s = 0.0
+        if intent is True:
+            started = time.perf_counter()
+            intent = parser.parse(query)
+            parse_s = time.perf_counter() - started
+        subs = intent.sub_intents
+        if len(subs) < 2 and not (subs and self.settings.intent_single):
+            vector: Vector = self.embedder.encode([text])[0]
+            # One sub-intent or none: the request's own vector stands for its span.
+            intent = parser.with_domains(intent, np.tile(vector, (len(subs), 1)))
+            return PreparedQuery(query, vector, intent, None, parse_s)
+        spans = [dense_query(s.span) if self.settings.compact_query else s.span for s in subs]
+        # One call. The embedder batches by length, so with a batch of len(spans) the spans
+        # (parts of the query, shorter) share one batch and the query runs alone: its vector is
+        # exactly embed_query's, and the spans are not padded to the query's width.
+        vectors = self.embedder.encode([text, *spans], batch_size=len(spans))
+        span_vectors = np.ascontiguousarray(vectors[1:], dtype=np.float32)
+        intent = parser.with_domains(intent, span_vectors)
+        return PreparedQuery(query, vectors[0], intent, span_vectors, parse_s)
+
     def search(
-        self, query: str, limit: int, flt: IndexFilter | None = None, *, adaptive: bool = False
+        self,
+        query: str,
+        limit: int,
+        flt: IndexFilter | None = None,
+        *,
+        adaptive: bool = False,
+        intent: Intent | bool | None = None,
     ) -> list[Hit]:
-        return self.search_with_vector(query, self.embed_query(query), limit, flt, adaptive=adaptive)
+        """Prepare and search in one call; ``intent`` None follows ``settings.intent``."""
+        use = self.settings.intent if intent is None else intent
+        if use is False:
+            return self.search_with_vector(query, self.embed_query(query), limit, flt, adaptive=adaptive)
+        return self.search_prepared(self.prepare(query, intent=use), limit, flt, adaptive=adaptive)
+
+    def search_prepared(
+        self, prepared: PreparedQuery, limit: int, flt: IndexFilter | None = None, *, adaptive: bool = False
+    ) -> list[Hit]:
+        """Search a prepared query. Without an intent stage (no intent, or one sub-intent) this
+        is :meth:`search_with_vector`. An intent that only reads also excludes destructive
+        tools inside the query, unless ``flt`` asks for tools that change state."""
+        intent = prepared.intent
+        if reads_only(intent) and not (
+            flt is not None and (flt.read_only is False or flt.exclude_destructive)
+        ):
+            flt = dataclasses.replace(flt or IndexFilter(), exclude_destructive=True)
+        if intent is None or prepared.span_vectors is None:
+            return self.search_with_vector(prepared.query, prepared.vector, limit, flt, adaptive=adaptive)
+        return self._search_intent(prepared, intent, limit, flt, adaptive)
 
     def search_with_vector(
         self,
@@ -396,6 +442,20 @@ class Retriever:
         """Stage 1, stage 2 and the cut, for a query whose embedding is already known.
 
         With ``adaptive`` the cut returns between 1 and ``limit`` hits (see :func:`adaptive_cut`)."""
+        s = self.settings
+        first = self._stage1(query, vector, limit, flt)
+        if s.refine:
+            final = self._refine(
+                first.candidates, vector, first.dense, first.lexical, first.parts, first.servers, query
+            )
+        else:
+            final = dict(first.candidates)
+        ranked = top(final, limit)
+        if adaptive:
+            ranked = adaptive_cut(ranked, s.cut_gap, s.cut_keep)
+        return [self._hit(first, tool_id, score) for tool_id, score in ranked]
+
+    def _stage1(self, query: str, vector: Vector, limit: int, flt: IndexFilter | None) -> _Stage1:
         s = self.settings
         pool = max(s.pool_size, limit)
         dense = dict(self.index.search(DESCRIPTION, vector, pool, flt))
@@ -418,24 +478,100 @@ class Retriever:
             lists[f"part{n}"] = top(part, s.part_pool)
             weights[f"part{n}"] = s.weight_parts / len(parts)
         fused = rrf(lists, weights, k=s.rrf_k)
-        candidates = top(fused, pool)
-        if s.refine:
-            final = self._refine(candidates, vector, dense, lexical, parts, server_scores, query)
-        else:
-            final = {tool_id: score for tool_id, score in candidates}
-        ranked = top(final, limit)
+        return _Stage1(dense, lexical, parts, server_scores, routed, fused, top(fused, pool), allowed)
+
+    def _hit(self, first: _Stage1, tool_id: str, score: float, sub_intent: int | None = None) -> Hit:
+        stages = {
+            "fused": round(first.fused.get(tool_id, 0.0), 6),
+            "dense": round(first.dense.get(tool_id, 0.0), 4),
+            "lexical": round(first.lexical.get(tool_id, 0.0), 4),
+            "server": round(first.servers.get(self._records[tool_id].text.server, 0.0), 4),
+        }
+        return Hit(tool_id, score, stages, _why(stages, tool_id in first.routed), sub_intent)
+
+    def _search_intent(
+        self, prepared: PreparedQuery, intent: Intent, limit: int, flt: IndexFilter | None, adaptive: bool
+    ) -> list[Hit]:
+        """The intent stage (see intent_stage): candidates scored per sub-intent and subspace,
+        merged with the whole request's ranking."""
+        s = self.settings
+        first, cands = self._intent_candidates(prepared, intent, limit, flt)
+        if not cands.ids:
+            return []
+        weights = intent_weights(s)
+        if weights.active():
+            features = subspace_scores(intent.sub_intents, cands, self.lexical.idf, weights.active())
+            scores = fuse(features, weights)
+        else:  # nothing weighs anything: the whole request's ranking alone
+            scores = np.zeros((len(intent.sub_intents), len(cands.ids)))
+        ranked = intent_ranking(cands, scores, limit, mix=s.intent_mix, k=s.intent_rank_k)
         if adaptive:
-            ranked = adaptive_cut(ranked, s.cut_gap, s.cut_keep)
-        hits = []
-        for tool_id, score in ranked:
-            stages = {
-                "fused": round(fused.get(tool_id, 0.0), 6),
-                "dense": round(dense.get(tool_id, 0.0), 4),
-                "lexical": round(lexical.get(tool_id, 0.0), 4),
-                "server": round(server_scores.get(self._records[tool_id].text.server, 0.0), 4),
-            }
-            hits.append(Hit(tool_id, score, stages, _why(stages, tool_id in routed)))
-        return hits
+            kept = len(
+                adaptive_cut([(tool_id, score) for tool_id, score, _ in ranked], s.cut_gap, s.cut_keep)
+            )
+            ranked = ranked[:kept]
+        return [self._hit(first, tool_id, score, serves) for tool_id, score, serves in ranked]
+
+    def intent_candidates(
+        self, prepared: PreparedQuery, limit: int, flt: IndexFilter | None = None
+    ) -> Candidates:
+        """What the intent stage scores for ``prepared`` (which must carry span vectors): for
+        tuning its weights offline (bench/intent_tune.py)."""
+        if prepared.intent is None or prepared.span_vectors is None:
+            raise ValueError("the prepared query has no sub-intent spans")
+        return self._intent_candidates(prepared, prepared.intent, limit, flt)[1]
+
+    def _intent_candidates(
+        self, prepared: PreparedQuery, intent: Intent, limit: int, flt: IndexFilter | None
+    ) -> tuple[_Stage1, Candidates]:
+        """Stage 1's pool, each span's own dense and lexical candidates, the tools a span
+        names and the other tools of the best candidates' servers, re-scored by stage 2 for
+        the whole request."""
+        s = self.settings
+        query, vector, spans = prepared.query, prepared.vector, prepared.span_vectors
+        assert spans is not None
+        first = self._stage1(query, vector, limit, flt)
+        allowed = first.allowed
+        ids = dict.fromkeys(tool_id for tool_id, _ in first.candidates)
+        for name in [DESCRIPTION, USAGE] if self._has_usage else [DESCRIPTION]:
+            for found in self.index.search_batch(name, spans, s.intent_pool, flt):
+                ids.update(dict.fromkeys(tool_id for tool_id, _ in found))
+        lexical = []
+        extra: list[str] = []
+        for sub in intent.sub_intents:
+            # Deeper than the span's own candidates: its BM25 is also a feature of the others
+            # (below that depth it counts as 0; scoring every match cost ~2 ms a span at 10k).
+            found = self.lexical.search(sub.span, max(s.intent_pool, s.pool_size), allowed=allowed)
+            ids.update(dict.fromkeys(tool_id for tool_id, _ in found[: s.intent_pool]))
+            lexical.append(dict(found))
+            for tool_name in sub.named_tools:
+                extra += self._intent.ids_named(tool_name)
+        # Tasks often use several tools of one server: its other tools are candidates too.
+        for tool_id, _ in first.candidates[: s.intent_siblings]:
+            extra += self._intent.server_tools(self._records[tool_id].text.server, _MAX_SIBLINGS)
+        ids.update(dict.fromkeys(i for i in extra if allowed is None or allowed(i)))
+        order = [tool_id for tool_id in ids if tool_id in self._vectors]
+        pool = [(tool_id, first.fused.get(tool_id, 0.0)) for tool_id in order]
+        if s.refine and pool:
+            whole = self._refine(pool, vector, first.dense, first.lexical, first.parts, first.servers, query)
+        else:
+            whole = dict(pool)
+        records = [self._records[tool_id] for tool_id in order]
+        description = np.zeros((len(order), self.embedder.dim), np.float32)
+        servers = np.zeros_like(description)
+        _, matrix, row_of = self._server_rows()
+        for k, (tool_id, record) in enumerate(zip(order, records, strict=True)):
+            description[k] = self._vectors[tool_id]
+            row = row_of.get(record.text.server)
+            if row is not None:
+                servers[k] = matrix[row]
+        usage = None
+        if s.intent_usage:
+            usage = [blended_vector(description[k], self.usage.get(i)) for k, i in enumerate(order)]
+        fields = [self._intent.fields[i] for i in order]
+        context = [whole.get(i, 0.0) for i in order]
+        cands = build_candidates(order, records, fields, spans, description, servers, usage, lexical, context)
+        return first, cands
 
     def _parts(self, query: str, allowed: Callable[[str], bool] | None) -> list[dict[str, float]]:
         """BM25 of each sentence of a multi-sentence request on its own."""
@@ -461,6 +597,8 @@ class Retriever:
                 return False
             if flt.read_only is not None and record.read_only != flt.read_only:
                 return False
+            if flt.exclude_destructive and record.destructive:
+                return False
             return flt.tool_ids is None or tool_id in flt.tool_ids
 
         return allowed
@@ -468,20 +606,7 @@ class Retriever:
     def _server_scores(self, vector: Vector, flt: IndexFilter | None) -> ServerScores:
         """Similarity of the query to each server: its name and description, and the centroid
         of its tools."""
-        if self._server_matrix is None:
-            names = sorted(self._server_sum)
-            rows = []
-            for name in names:
-                centroid = self._server_sum[name]
-                centroid = centroid / max(float(np.linalg.norm(centroid)), 1e-9)
-                combined = centroid + self._server_text.get(name, np.zeros_like(centroid))
-                rows.append(combined / max(float(np.linalg.norm(combined)), 1e-9))
-            matrix = (
-                np.vstack(rows).astype(np.float32) if rows else np.zeros((0, vector.shape[0]), np.float32)
-            )
-            self._server_matrix = (names, matrix)
-            self._server_row = {name: row for row, name in enumerate(names)}
-        names, matrix = self._server_matrix
+        names, matrix, row_of = self._server_rows()
         # einsum, not BLAS: a threaded gemv waits on sleeping BLAS threads on a busy machine
         # (measured ~5 ms instead of ~0.1 ms per query here).
         sims = np.einsum("ij,j->i", matrix, vector) if names else np.zeros(0, np.float32)
@@ -492,7 +617,25 @@ class Retriever:
                 for name in (flt.servers if flt.servers is not None else names)
                 if name not in flt.exclude_servers
             }
-        return ServerScores(names, self._server_row, sims, allowed)
+        return ServerScores(names, row_of, sims, allowed)
+
+    def _server_rows(self) -> tuple[list[str], np.ndarray, dict[str, int]]:
+        """Each server's unit row: its text's vector plus the centroid of its tools (lazy;
+        built from copies, so a parse outside the catalog's lock may build it too)."""
+        cached = self._server_matrix
+        if cached is None:
+            sums, texts = dict(self._server_sum), dict(self._server_text)
+            names = sorted(sums)
+            rows = []
+            for name in names:
+                centroid = sums[name] / max(float(np.linalg.norm(sums[name])), 1e-9)
+                combined = centroid + texts.get(name, np.zeros_like(centroid))
+                rows.append(combined / max(float(np.linalg.norm(combined)), 1e-9))
+            dim = self.embedder.dim
+            matrix = np.vstack(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
+            cached = (names, matrix, {name: row for row, name in enumerate(names)})
+            self._server_matrix = cached
+        return cached
 
     def _routed(
         self, vector: Vector, server_scores: ServerScores, pool: int, flt: IndexFilter | None
@@ -503,15 +646,7 @@ class Retriever:
         best = server_scores.best(self.settings.routed_servers)
         if not best:
             return {}
-        base = flt or IndexFilter()
-        routed_filter = IndexFilter(
-            servers=frozenset(name for name, _ in best),
-            exclude_servers=base.exclude_servers,
-            categories=base.categories,
-            read_only=base.read_only,
-            include_disabled=base.include_disabled,
-            tool_ids=base.tool_ids,
-        )
+        routed_filter = dataclasses.replace(flt or IndexFilter(), servers=frozenset(name for name, _ in best))
         scores = dict(best)
         out: dict[str, float] = {}
         for tool_id, sim in self.index.search(DESCRIPTION, vector, pool, routed_filter):
@@ -607,6 +742,20 @@ class Retriever:
         return votes
 
 
+@dataclass(frozen=True, slots=True)
+class _Stage1:
+    """Stage 1's lists for one query (stage 2 and the intent stage read them)."""
+
+    dense: dict[str, float]
+    lexical: dict[str, float]
+    parts: list[dict[str, float]]
+    servers: ServerScores
+    routed: dict[str, float]
+    fused: dict[str, float]
+    candidates: list[tuple[str, float]]  # the pool, best first
+    allowed: Callable[[str], bool] | None
+
+
 def _payload(record: ToolRecord, embedder: str = "") -> dict[str, object]:
     return tool_payload(
         record.text.server,
@@ -617,6 +766,9 @@ def _payload(record: ToolRecord, embedder: str = "") -> dict[str, object]:
         version=record.version,
         embedder=embedder,
     )
+
+
+_MAX_SIBLINGS = 64  # other tools of one server that join the intent stage's candidates
 
 
 def _why(stages: Mapping[str, float], routed: bool) -> str:

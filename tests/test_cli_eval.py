@@ -206,6 +206,45 @@ def test_eval_prints_a_table_and_progress_and_cleans_up(eval_run: Run) -> None:
     assert _leftovers(eval_run.tmpdir) == []
 
 
+@pytest.fixture(scope="module")
+def intent_runs(data_slice: Slice, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    """The same benchmark with the intent stage off and on (no folds: quick)."""
+    runs = {}
+    for flag in ("off", "on"):
+        work = tmp_path_factory.mktemp(f"intent-{flag}")
+        args = ["--tools", str(data_slice.tools), "--queries", str(data_slice.queries)]
+        process = _eval([*args, "--intent", flag, "--json", "out.json"], work / "tmp", work)
+        assert process.returncode == 0, process.stderr
+        runs[flag] = Run(process, json.loads((work / "out.json").read_text(encoding="utf-8")), work / "tmp")
+    return runs
+
+
+def test_eval_runs_with_and_without_the_intent_stage(intent_runs: dict[str, Run], data_slice: Slice) -> None:
+    off, on = intent_runs["off"].report, intent_runs["on"].report
+    assert (off["options"]["intent"], on["options"]["intent"]) == ("off", "on")
+    assert off["intent"] == {"on": False}
+    assert on["intent"]["on"] is True
+    assert 1.0 < on["intent"]["sub_intents_mean"] <= 12
+    assert 0.0 < on["intent"]["parser_ms"]["p50"] <= on["intent"]["parser_ms"]["p99"] < 100.0
+    assert on["settings"]["intent"] == off["settings"]["intent"]  # the flag, not the settings, decided
+    for report in (off, on):
+        for key in ("recall@5", "ndcg@10", "completeness@10", "latency_ms", "tools", "queries", "groups"):
+            assert key in report
+        assert set(report["groups"]) == set(data_slice.groups)
+        assert 0 < report["multi_tool"]["queries"] <= report["queries"]
+        assert report["recall@5"] > 0.3
+    assert on["queries"] == off["queries"]
+    assert "intent    off" in intent_runs["off"].process.stdout
+    assert "intent    on: " in intent_runs["on"].process.stdout
+    assert "several tools" in intent_runs["on"].process.stdout
+    assert _leftovers(intent_runs["on"].tmpdir) == []
+
+
+def test_eval_default_follows_the_settings(eval_run: Run) -> None:
+    assert eval_run.report["options"]["intent"] is None
+    assert eval_run.report["intent"]["on"] is eval_run.report["settings"]["intent"]
+
+
 @pytest.mark.parametrize(
     ("case", "extra", "message"),
     [

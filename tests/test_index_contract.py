@@ -165,6 +165,14 @@ FILTER_CASES: list[tuple[str, dict[str, Any], dict[str, Any], IndexFilter | None
     ("read_only", {"read_only": False}, {"read_only": True}, IndexFilter(read_only=True)),
     ("read_only_unknown", {"read_only": None}, {"read_only": True}, IndexFilter(read_only=True)),
     ("writes", {"read_only": True}, {"read_only": False}, IndexFilter(read_only=False)),
+    ("destructive", {"destructive": True}, {"destructive": False}, IndexFilter(exclude_destructive=True)),
+    # An unknown hint is not a destructive one: only a stated True is excluded.
+    (
+        "destructive_unknown",
+        {"destructive": True},
+        {"destructive": None},
+        IndexFilter(exclude_destructive=True),
+    ),
     ("disabled_default", {"enabled": False}, {"enabled": True}, IndexFilter()),
     ("disabled_no_filter", {"enabled": False}, {"enabled": True}, None),
     ("tool_ids", {}, {}, IndexFilter(tool_ids=frozenset(f"far{i}" for i in range(FAR)) | {"missing"})),
@@ -178,6 +186,12 @@ FILTER_CASES: list[tuple[str, dict[str, Any], dict[str, Any], IndexFilter | None
             read_only=True,
             exclude_servers=frozenset({"noisy"}),
         ),
+    ),
+    (
+        "destructive_and_servers",
+        {"server": "good", "destructive": True},
+        {"server": "good"},
+        IndexFilter(exclude_destructive=True, exclude_servers=frozenset({"noisy"})),
     ),
 ]
 
@@ -327,6 +341,18 @@ def test_count_with_filters(index: VectorIndex) -> None:
     assert index.count(IndexFilter(read_only=True, include_disabled=True)) == 6
     assert index.count(IndexFilter(read_only=False)) == 3
     assert index.count(IndexFilter(tool_ids=frozenset({"t0", "t3", "zz"}))) == 1
+
+
+def test_destructive_hint_can_be_set_later(index: VectorIndex) -> None:
+    query, tools, _ = needle_corpus({}, {})
+    index.upsert(tools)
+    flt = IndexFilter(exclude_destructive=True)
+    best = index.search("description", query, 1, flt)[0][0]
+    index.set_payload([best], {"destructive": True})
+    assert best not in [t for t, _ in index.search("description", query, NEAR + FAR, flt)]
+    assert index.count(flt) == NEAR + FAR - 1
+    with pytest.raises(ValueError, match="destructive"):
+        index.set_payload([best], {"destructive": "yes"})
 
 
 # -- layout and persistence ----------------------------------------------------------------------

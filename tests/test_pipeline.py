@@ -15,7 +15,7 @@ from retrieval.embedder import OnnxEmbedder, load_onnx
 from retrieval.evaluate import EvalOptions, evaluate, holdout_split, records_of
 from retrieval.fusion import adaptive_cut
 from retrieval.index import IndexFilter, open_index
-from retrieval.pipeline import VECTOR_NAMES, RetrievalSettings, Retriever, embedding_text
+from retrieval.pipeline import VECTOR_NAMES, Hit, RetrievalSettings, Retriever, embedding_text
 from tests.support import shared_data
 
 
@@ -235,3 +235,34 @@ def test_holdout_split_is_fixed_and_disjoint(slice_: tuple[Corpus, QuerySet]) ->
     assert {q.id for q in tune}.isdisjoint(q.id for q in held)
     assert len(tune) + len(held) == len(queries.queries)
     assert holdout_split(queries.queries, 0.4, 13) == (tune, held)
+
+
+def test_prepared_queries_without_intent_search_as_before(
+    embedder: OnnxEmbedder, slice_: tuple[Corpus, QuerySet], tmp_path: Path
+) -> None:
+    corpus, queries = slice_
+    retriever = _retriever(embedder, tmp_path / "index")
+    retriever.upsert(records_of(corpus))
+    for query in queries.queries[:10]:
+        prepared = retriever.prepare(query.text)
+        assert np.array_equal(prepared.vector, retriever.embed_query(query.text))
+        expected = retriever.search_with_vector(query.text, prepared.vector, 10)
+        assert retriever.search_prepared(prepared, 10) == expected
+        assert retriever.search(query.text, 10, intent=False) == expected
+    assert Hit("a/b", 1.0).sub_intent is None
+
+
+def test_destructive_tools_are_filtered_inside_both_lists(
+    embedder: OnnxEmbedder, slice_: tuple[Corpus, QuerySet], tmp_path: Path
+) -> None:
+    corpus, _ = slice_
+    retriever = _retriever(embedder, tmp_path / "index")
+    records = records_of(corpus)
+    target = next(r for r in records if r.tool_id == "TheClique/Transfermarkt search")
+    retriever.upsert([dataclasses.replace(r, destructive=True) if r == target else r for r in records])
+    narrow = "Transfermarkt search"  # the tool's exact name: first by meaning and by words
+    assert retriever.search(narrow, 1)[0].tool_id == target.tool_id
+    flt = IndexFilter(exclude_destructive=True)
+    hits = retriever.search(narrow, 10, flt)
+    assert target.tool_id not in [h.tool_id for h in hits]
+    assert len(hits) == 10

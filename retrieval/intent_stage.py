@@ -1,0 +1,470 @@
+"""The intent stage (Z-Space): score candidates per sub-intent in several subspaces, fuse the
+subspace scores by weight, and merge the per-sub-intent rankings with the whole request's so
+that every sub-intent reaches the head of the final list.
+
+Subspaces, each within 0..1 over the candidates of one sub-intent (weights in
+:class:`retrieval.settings.RetrievalSettings`, chosen on ToolBench's TUNE split by
+bench/intent_tune.py; those marked 0 did not help there and are not computed):
+
+- object: the span's cosine to each tool's description vector (2), and the span's BM25 (1);
+- domain: the span's cosine to the tool's server (0), and the parser's domain hints, server
+  and category labels, naming the tool's server or category (0);
+- action: the sub-intent's verb against the tool's name words and its description's first
+  verb (0);
+- parameters: the IDF share of the object's words among the tool's parameter names (0.5);
+- usage: the span's cosine to the tool's usage vector (Tool2Vec), for tools with uses (0);
+- named: the tool, or its server, named outright in the span (2);
+- context: the whole request's stage-2 score of the tool (0), and family: the best such score
+  on the tool's server (1): requests often use several tools of one server, so a span's match
+  on the server the whole request points at counts most.
+
+The merge is rank fusion (:func:`merge`): a sub-intent's best tool ranks like the whole
+request's best. Measured on TUNE, it beat a round-robin of the sub-intents' lists and xQuAD's
+greedy coverage, both of which push the tools of vague clauses ("I need some assistance")
+into the head.
+
+Pure functions over arrays and plain data; :class:`retrieval.pipeline.Retriever` gathers the
+inputs. :class:`IntentCatalog` keeps what the built-in parser needs in step with the index.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .documents import ToolText, schema_parameters
+from .fusion import top
+from .intent import VERBS, DomainIndex, Intent, IntentParser, SubIntent, Vocabulary
+from .text import iter_tokens, normalize, split_words
+from .usage import Vector
+
+Matrix = NDArray[np.float32]
+
+SERVER_LABEL = "server:"
+CATEGORY_LABEL = "category:"
+_MAX_NAMED_IDS = 16  # tools one named tool name may pull in (a generic name names many)
+_SERVES_RANK = 3  # a hit serves the sub-intent that ranks it among its first three
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedQuery:
+    """A request ready to search: its vector (what ``Retriever.embed_query`` returns) and,
+    with the intent stage, its parsed intent (domain hints filled in) and one vector per
+    sub-intent span. ``parse_s`` is the built-in parser's own time (0 for a given intent)."""
+
+    query: str
+    vector: Vector
+    intent: Intent | None = None
+    span_vectors: Matrix | None = None  # (sub-intents, dim); None when the stage does not run
+    parse_s: float = 0.0
+
+
+def reads_only(intent: Intent | None) -> bool:
+    """Whether every sub-intent only reads. An "unknown" effect ("generate", "run") may well
+    change something, so it does not count as reading: hiding the destructive tool a request
+    needs is worse than offering one it does not."""
+    return (
+        intent is not None
+        and bool(intent.sub_intents)
+        and all(s.effect == "read" for s in intent.sub_intents)
+    )
+
+
+# --- per-tool fields --------------------------------------------------------------------------
+
+# Verbs that ask for the same kind of operation: an action and a tool verb of one class match
+# at half strength ("fetch" vs. a tool named "Get ..."). Stems (text.normalize) of the words.
+_CLASSES = {
+    "read": """get fetch retrieve find search look lookup list show provide give tell know obtain gather
+        collect display view read query browse check return pull load access see explore discover
+        locate download export print lookup scan inspect examine review""",
+    "create": "create generate make add build produce compose draft insert new register upload post publish",
+    "send": "send email mail message notify text share forward tweet reply",
+    "delete": "delete remove erase purge clear destroy wipe cancel unsubscribe",
+    "update": "update edit modify change set rename replace configure reset move",
+    "convert": "convert translate transform format parse encode decode shorten resize crop compress",
+    "compute": "calculate compute estimate count measure analyze analyse evaluate predict forecast detect",
+    "verify": "verify validate check confirm test",
+}
+_CLASS_OF: dict[str, str] = {
+    normalize(word): name for name, words in _CLASSES.items() for word in words.split()
+}
+_VERB_STEMS = frozenset(normalize(verb) for verb in VERBS)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolFields:
+    """What the action and parameter subspaces read of one tool, computed once at indexing."""
+
+    name: frozenset[str]  # stems of the name's words
+    lead: str | None  # stem of the description's first word, when that is a verb ("Returns")
+    params: frozenset[str]  # search tokens of the parameter names
+    verbs: frozenset[str] = dataclasses.field(init=False)  # name words and leading verb
+    kinds: frozenset[str] = dataclasses.field(init=False)  # their verb classes
+
+    def __post_init__(self) -> None:
+        verbs = self.name | ({self.lead} if self.lead else frozenset())
+        object.__setattr__(self, "verbs", verbs)
+        object.__setattr__(self, "kinds", frozenset(_CLASS_OF[v] for v in verbs if v in _CLASS_OF))
+
+
+def tool_fields(text: ToolText) -> ToolFields:
+    """A tool's name stems, leading description verb and parameter-name tokens."""
+    name = frozenset(normalize(w) for w in split_words(text.name))
+    first = split_words(text.description[:60])
+    lead = normalize(first[0]) if first else None
+    params = frozenset(t for name_, _ in schema_parameters(text.input_schema) for t in iter_tokens(name_))
+    return ToolFields(name, lead if lead in _VERB_STEMS else None, params)
+
+
+def action_score(action: str | None, fields: ToolFields) -> float:
+    """1 when the sub-intent's verb is a word of the tool's name or its description's first
+    verb, 0.5 when one of those is a verb of the same class, else 0."""
+    if not action:
+        return 0.0
+    stem = normalize(action.split()[0])
+    if stem in fields.verbs:
+        return 1.0
+    return 0.5 if _CLASS_OF.get(stem) in fields.kinds else 0.0
+
+
+# --- subspace scores and their fusion ----------------------------------------------------------
+
+
+class _Record(Protocol):
+    """What the stage reads of a tool record (retrieval.pipeline.ToolRecord)."""
+
+    @property
+    def text(self) -> ToolText: ...
+
+    @property
+    def category(self) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """The tools the intent stage scores, with what it reads of each (all in one order)."""
+
+    ids: Sequence[str]
+    names: Sequence[str]  # tool names as written (for tools named outright)
+    servers: Sequence[str]
+    categories: Sequence[str | None]
+    fields: Sequence[ToolFields]
+    dense: Matrix  # (subs, n): span ↔ description cosine
+    server: Matrix  # (subs, n): span ↔ server cosine
+    usage: Matrix  # (subs, n): span ↔ usage vector cosine; 0 for tools without uses
+    has_usage: NDArray[np.bool_]  # (n,)
+    lexical: Sequence[Mapping[str, float]]  # per sub-intent: BM25 of its span
+    context: NDArray[np.float64]  # (n,): the whole request's stage-2 score
+    family: NDArray[np.float64]  # (n,): the best whole-request score on the tool's server
+
+
+@dataclass(frozen=True, slots=True)
+class SubspaceWeights:
+    """The weight of each subspace in a sub-intent's fused score (see RetrievalSettings)."""
+
+    dense: float
+    lexical: float
+    server: float
+    domain: float
+    action: float
+    params: float
+    usage: float
+    named: float
+    context: float
+    family: float
+
+    def active(self) -> set[str]:
+        """The subspaces that weigh something (the others are not computed)."""
+        return {f.name for f in dataclasses.fields(self) if getattr(self, f.name)}
+
+
+def build_candidates(
+    ids: Sequence[str],
+    records: Sequence[_Record],
+    fields: Sequence[ToolFields],
+    spans: Matrix,
+    description: Matrix,
+    servers: Matrix,
+    usage: Sequence[Vector | None] | None,
+    lexical: Sequence[Mapping[str, float]],
+    context: Sequence[float],
+) -> Candidates:
+    """The candidates as arrays: ``description`` and ``servers`` hold one unit row per tool
+    (its description vector, its server's row), ``usage`` its usage vector or None (None
+    altogether when the usage subspace weighs nothing), ``context`` its whole-request score."""
+    n = len(ids)
+    whole = np.asarray(context, dtype=np.float64)
+    best: dict[str, float] = {}
+    for record, value in zip(records, whole.tolist(), strict=True):
+        best[record.text.server] = max(best.get(record.text.server, -np.inf), value)
+    has_usage = np.array([u is not None for u in usage], dtype=bool) if usage else np.zeros(n, dtype=bool)
+    usage_rows = np.zeros_like(description)
+    for k, vector in enumerate(usage or ()):
+        if vector is not None:
+            usage_rows[k] = vector
+    return Candidates(
+        ids=ids,
+        names=[r.text.name for r in records],
+        servers=[r.text.server for r in records],
+        categories=[r.category for r in records],
+        fields=fields,
+        dense=np.einsum("sd,nd->sn", spans, description),
+        server=np.einsum("sd,nd->sn", spans, servers),
+        usage=np.einsum("sd,nd->sn", spans, usage_rows),
+        has_usage=has_usage,
+        lexical=lexical,
+        context=whole,
+        family=np.array([best[r.text.server] for r in records], dtype=np.float64),
+    )
+
+
+def subspace_scores(
+    subs: Sequence[SubIntent],
+    cands: Candidates,
+    idf: Callable[[str], float],
+    only: Collection[str] | None = None,
+) -> dict[str, NDArray[np.float64]]:
+    """Each subspace's (subs, n) scores, every row within 0..1; ``only`` names the subspaces
+    to compute (those with a weight)."""
+    rows = len(subs)
+    compute: dict[str, Callable[[], NDArray[np.float64]]] = {
+        "dense": lambda: _scale_range(cands.dense),
+        "lexical": lambda: _scale_max(
+            np.array([[lex.get(i, 0.0) for i in cands.ids] for lex in cands.lexical])
+        ),
+        "server": lambda: _scale_range(cands.server),
+        "domain": lambda: _domain(subs, cands),
+        "action": lambda: np.array([[action_score(sub.action, f) for f in cands.fields] for sub in subs]),
+        "params": lambda: _params(subs, cands, idf),
+        "usage": lambda: _scale_range(np.where(cands.has_usage[None, :], cands.usage, np.nan)),
+        "named": lambda: _named(subs, cands),
+        "context": lambda: np.tile(_scale_range(cands.context[None, :]), (rows, 1)),
+        "family": lambda: np.tile(_scale_range(cands.family[None, :]), (rows, 1)),
+    }
+    return {name: make() for name, make in compute.items() if only is None or name in only}
+
+
+def _domain(subs: Sequence[SubIntent], cands: Candidates) -> NDArray[np.float64]:
+    """The parser's hint score for the tool's server or category (0 when neither is hinted)."""
+    out = np.zeros((len(subs), len(cands.ids)))
+    for j, sub in enumerate(subs):
+        hints = dict(sub.domains)
+        if not hints:
+            continue
+        for k, (server, category) in enumerate(zip(cands.servers, cands.categories, strict=True)):
+            by_category = hints.get(CATEGORY_LABEL + category, 0.0) if category else 0.0
+            out[j, k] = max(hints.get(SERVER_LABEL + server, 0.0), by_category)
+    return out
+
+
+def _params(subs: Sequence[SubIntent], cands: Candidates, idf: Callable[[str], float]) -> NDArray[np.float64]:
+    """The IDF share of the object's words (the span's without one) among the parameter names."""
+    out = np.zeros((len(subs), len(cands.ids)))
+    for j, sub in enumerate(subs):
+        words = {t: idf(t) for t in dict.fromkeys(iter_tokens(sub.object or sub.span))}
+        total = sum(words.values())
+        if total > 0.0:
+            for k, fields in enumerate(cands.fields):
+                common = fields.params.intersection(words)
+                if common:
+                    out[j, k] = sum(words[t] for t in common) / total
+    return out
+
+
+def _named(subs: Sequence[SubIntent], cands: Candidates) -> NDArray[np.float64]:
+    """1 for a tool named outright, 0.5 for a tool of a server named outright."""
+    out = np.zeros((len(subs), len(cands.ids)))
+    for j, sub in enumerate(subs):
+        tools, servers = set(sub.named_tools), set(sub.named_servers)
+        if tools or servers:
+            for k, (name, server) in enumerate(zip(cands.names, cands.servers, strict=True)):
+                out[j, k] = min(1.0, (name in tools) + 0.5 * (server in servers))
+    return out
+
+
+def fuse(features: Mapping[str, NDArray[np.float64]], weights: SubspaceWeights) -> NDArray[np.float64]:
+    """The weighted sum of the subspaces, each row scaled so its best candidate scores 1."""
+    total: NDArray[np.float64] | None = None
+    for name, matrix in features.items():
+        weight = float(getattr(weights, name))
+        if weight:
+            total = weight * matrix if total is None else total + weight * matrix
+    if total is None:
+        raise ValueError("no subspace with a weight among the features given")
+    return _scale_max(total)
+
+
+def merge(
+    whole: NDArray[np.float64], subs: NDArray[np.float64], *, mix: float, k: float
+) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """Rank fusion of the whole request's ranking with each sub-intent's: candidate i scores
+    ``1 / (k + r(i)) + mix * max_j 1 / (k + r_j(i))`` with 0-based ranks (ties keep candidate
+    order; a sub-intent lists only the candidates it scores above 0). A sub-intent's best tool
+    thus ranks about where the whole request's rank-k/mix tool would, however weak the request
+    as a whole finds it, so every sub-intent reaches the head of the list; on ToolBench's TUNE
+    split this beat both a round-robin of the sub-intents' lists and xQuAD's greedy coverage.
+    Returns the scores and the (subs, n) ranks, -1 where a sub-intent does not list a tool."""
+    fused = 1.0 / (k + _ranks(whole[None, :])[0])
+    if subs.size == 0:
+        return fused, np.full(subs.shape, -1, dtype=np.int64)
+    ranks = np.where(subs > 0.0, _ranks(subs), -1)
+    listed = ranks >= 0
+    best = np.where(listed, ranks, np.iinfo(np.int64).max).min(axis=0)
+    found = best < np.iinfo(np.int64).max
+    fused = fused + np.where(found, mix / (k + np.where(found, best, 0)), 0.0)
+    return fused, ranks
+
+
+def intent_ranking(
+    cands: Candidates, scores: NDArray[np.float64], limit: int, *, mix: float, k: float
+) -> list[tuple[str, float, int | None]]:
+    """The best ``limit`` candidates after :func:`merge` of the whole request's ranking with the
+    sub-intents' fused ``scores``: (tool id, score, the sub-intent it serves or None). A tool
+    serves a sub-intent that ranks it among its first few; of several, the first not served
+    by an earlier hit, else the one ranking it best."""
+    fused, ranks = merge(_scale_range(cands.context[None, :])[0], scores, mix=mix, k=k)
+    position = {tool_id: n for n, tool_id in enumerate(cands.ids)}
+    served: set[int] = set()
+    out: list[tuple[str, float, int | None]] = []
+    for tool_id, score in top(dict(zip(cands.ids, fused.tolist(), strict=True)), limit):
+        column = ranks[:, position[tool_id]]
+        heads = sorted((int(r), j) for j, r in enumerate(column.tolist()) if 0 <= r < _SERVES_RANK)
+        fresh = [j for _, j in heads if j not in served]
+        serves = fresh[0] if fresh else heads[0][1] if heads else None
+        if serves is not None:
+            served.add(serves)
+        out.append((tool_id, score, serves))
+    return out
+
+
+def _ranks(rows: NDArray[np.float64]) -> NDArray[np.int64]:
+    """Each row's 0-based ranks, best first; ties in column order."""
+    order = np.argsort(-rows, axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(rows.shape[1])[None, :].repeat(rows.shape[0], axis=0), axis=1)
+    return ranks
+
+
+def _scale_range(matrix: NDArray[np.floating]) -> NDArray[np.float64]:
+    """Min-max per row over the finite entries; NaN (not applicable) and flat rows give 0."""
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.size == 0:
+        return m
+    finite = np.isfinite(m)
+    low = np.min(np.where(finite, m, np.inf), axis=1, keepdims=True)
+    high = np.max(np.where(finite, m, -np.inf), axis=1, keepdims=True)
+    span = high - low
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scaled = np.where(finite & (span > 0), (m - low) / np.where(span > 0, span, 1.0), 0.0)
+    return scaled
+
+
+def _scale_max(matrix: NDArray[np.float64]) -> NDArray[np.float64]:
+    best = matrix.max(axis=1, keepdims=True) if matrix.size else matrix
+    return np.where(best > 0, matrix / np.where(best > 0, best, 1.0), 0.0)
+
+
+# --- the catalog as the parser sees it ---------------------------------------------------------
+
+
+class IntentCatalog:
+    """Tool and server names (the parser's :class:`Vocabulary`), category sums (with the
+    retriever's server rows, the :class:`DomainIndex`) and each tool's :class:`ToolFields`,
+    kept in step with the retriever's upserts and removals. The parser is rebuilt lazily, on
+    the first parse after a change, from copies of this state (a copy of a dict is atomic
+    under the GIL), so parsing may run beside a writer."""
+
+    def __init__(self) -> None:
+        self.fields: dict[str, ToolFields] = {}
+        self._ids_by_name: dict[str, dict[str, None]] = {}
+        self._servers: dict[str, dict[str, None]] = {}  # server -> its tool ids
+        self._category_sum: dict[str, Vector] = {}
+        self._category_count: dict[str, int] = {}
+        self._parser: IntentParser | None = None
+        self._vocabulary: Vocabulary | None = None
+        self._version = 0  # bumped by every change: a parser built meanwhile is not kept
+
+    def add(self, tool_id: str, text: ToolText, category: str | None, vector: Vector) -> None:
+        self.fields[tool_id] = tool_fields(text)
+        self._ids_by_name.setdefault(text.name, {})[tool_id] = None
+        self._servers.setdefault(text.server, {})[tool_id] = None
+        self._move(category, vector, 1)
+        self._changed(names=True)
+
+    def remove(self, tool_id: str, text: ToolText, category: str | None, vector: Vector | None) -> None:
+        self.fields.pop(tool_id, None)
+        ids = self._ids_by_name.get(text.name)
+        if ids is not None:
+            ids.pop(tool_id, None)
+            if not ids:
+                del self._ids_by_name[text.name]
+        tools = self._servers.get(text.server)
+        if tools is not None:
+            tools.pop(tool_id, None)
+            if not tools:
+                del self._servers[text.server]
+        if vector is not None:
+            self._move(category, vector, -1)
+        self._changed(names=True)
+
+    def recategorise(self, old: str | None, new: str | None, vector: Vector) -> None:
+        if old != new:
+            self._move(old, vector, -1)
+            self._move(new, vector, 1)
+            self._changed()
+
+    def servers_changed(self) -> None:
+        """The retriever's server rows changed: the domain centroids must be rebuilt."""
+        self._changed()
+
+    def _changed(self, *, names: bool = False) -> None:
+        self._version += 1
+        if names:
+            self._vocabulary = None
+        self._parser = None
+
+    def ids_named(self, name: str) -> list[str]:
+        """Tool ids whose tool name is ``name`` (at most a few: a generic name names many)."""
+        return list(self._ids_by_name.get(name, {}))[:_MAX_NAMED_IDS]
+
+    def server_tools(self, server: str, limit: int) -> list[str]:
+        """Up to ``limit`` tool ids of ``server``."""
+        return list(self._servers.get(server, {}))[:limit]
+
+    def parser(self, server_rows: Callable[[], tuple[Sequence[str], Matrix]]) -> IntentParser:
+        """The built-in parser over the current catalog; ``server_rows`` gives the retriever's
+        server names and unit rows (name and description blended with the tools' centroid)."""
+        parser = self._parser
+        if parser is not None:
+            return parser
+        version = self._version
+        vocabulary = self._vocabulary
+        if vocabulary is None:
+            vocabulary = Vocabulary(list(self._ids_by_name), list(self._servers))
+        names, rows = server_rows()
+        sums = dict(self._category_sum)
+        labels = [SERVER_LABEL + name for name in names] + [CATEGORY_LABEL + c for c in sorted(sums)]
+        parts = [np.asarray(rows, dtype=np.float32)] + [sums[c][None, :] for c in sorted(sums)]
+        matrix = np.vstack(parts) if labels else np.zeros((0, 1), np.float32)
+        parser = IntentParser(vocabulary, DomainIndex(labels, matrix))
+        if version == self._version:  # nothing changed while building: keep it
+            self._vocabulary, self._parser = vocabulary, parser
+        return parser
+
+    def _move(self, category: str | None, vector: Vector, sign: int) -> None:
+        if not category:
+            return
+        count = self._category_count.get(category, 0) + sign
+        if count <= 0:
+            self._category_sum.pop(category, None)
+            self._category_count.pop(category, None)
+            return
+        old = self._category_sum.get(category)
+        self._category_sum[category] = vector * sign if old is None else old + sign * vector
+        self._category_count[category] = count
