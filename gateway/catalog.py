@@ -13,9 +13,10 @@ import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import anyio
+import httpx
 import numpy as np
 
 from registry.models import Tool
@@ -23,7 +24,10 @@ from registry.repository import Registry, spec_of
 from registry.specs import ServerSpec
 from retrieval.documents import ToolText
 from retrieval.index import IndexFilter
-from retrieval.pipeline import Retriever, ToolRecord
+from retrieval.intent import Intent
+from retrieval.intent_llm import LLMIntentParser, LLMSettings
+from retrieval.intent_stage import PreparedQuery
+from retrieval.pipeline import Hit, Retriever, ToolRecord
 from retrieval.usage import UsageState, Vector
 
 logger = logging.getLogger(__name__)
@@ -51,12 +55,27 @@ class SearchHit:
     score: float
     stages: Mapping[str, float] = field(default_factory=dict)
     why: str = ""
+    sub_intent: int | None = None  # which part of the request it answers (intent stage)
 
 
 @dataclass(frozen=True, slots=True)
 class FindResult:
     hits: list[SearchHit]
     vector: Vector  # the query's embedding, for usage learning
+    intent: Intent | None = None  # the parsed request, when the intent stage ran
+
+
+IntentMode = Literal["off", "builtin", "llm"]
+
+
+@dataclass(frozen=True)
+class IntentConfig:
+    """How requests are parsed before ranking. With ``llm``, ``client`` is the shared HTTP
+    client for the model endpoint (closed by whoever made it)."""
+
+    mode: IntentMode = "off"
+    llm: LLMSettings | None = None
+    client: httpx.AsyncClient | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +91,12 @@ def _hint(annotations: Mapping[str, Any] | None, key: str) -> bool | None:
 
 
 class Catalog:
-    def __init__(self, registry: Registry, retriever: Retriever) -> None:
+    def __init__(self, registry: Registry, retriever: Retriever, intent: IntentConfig | None = None) -> None:
         self._registry = registry
         self.retriever = retriever
+        self.intent = intent or IntentConfig()
+        if self.intent.mode == "llm" and self.intent.llm is None:
+            raise ValueError("the llm intent parser needs its endpoint settings")
         self._tools: dict[str, CatalogTool] = {}
         self._servers: dict[str, ServerSpec] = {}
         self._refresh_lock = anyio.Lock()
@@ -229,16 +251,40 @@ class Catalog:
         """The best `limit` servable tools for `query` (embedding runs outside the lock);
         `adaptive` may return fewer, cutting at a clear drop in score."""
         flt = _index_filter(filters)
-        vector = await self.embed_query(query)
-        search = functools.partial(self.retriever.search_with_vector, adaptive=adaptive)
+        if self.intent.mode == "off":
+            vector = await self.embed_query(query)
+            search = functools.partial(self.retriever.search_with_vector, adaptive=adaptive)
+            async with self._lock:
+                hits = await anyio.to_thread.run_sync(search, query, vector, limit, flt)
+            return FindResult(self._found(hits), vector)
+        intent: Intent | bool = True
+        if self.intent.mode == "llm":
+            intent = await self._llm_intent(query)
+
+        # Parsing and embedding read snapshots of the catalog's names and centroids, so they
+        # run outside the lock; only the search itself is serialised with catalog changes.
+        prepare = functools.partial(self.retriever.prepare, query, intent=intent)
+        prepared: PreparedQuery = await anyio.to_thread.run_sync(prepare)
+        search = functools.partial(self.retriever.search_prepared, adaptive=adaptive)
         async with self._lock:
-            hits = await anyio.to_thread.run_sync(search, query, vector, limit, flt)
+            hits = await anyio.to_thread.run_sync(search, prepared, limit, flt)
+        return FindResult(self._found(hits), prepared.vector, prepared.intent)
+
+    async def _llm_intent(self, query: str) -> Intent:
+        """The language model's parse; on any failure the built-in one, with the reason."""
+        assert self.intent.llm is not None  # checked in __init__
+        async with self._lock:
+            fallback = await anyio.to_thread.run_sync(self.retriever.intent_parser)
+        parser = LLMIntentParser(self.intent.llm, fallback, client=self.intent.client)
+        return await parser.parse(query)
+
+    def _found(self, hits: list[Hit]) -> list[SearchHit]:
         found = []
         for hit in hits:
             tool = self.get(hit.tool_id)
             if tool is not None:
-                found.append(SearchHit(tool, hit.score, hit.stages, hit.why))
-        return FindResult(found, vector)
+                found.append(SearchHit(tool, hit.score, hit.stages, hit.why, hit.sub_intent))
+        return found
 
     async def record_use(self, exposed_name: str, vector: Vector) -> bool:
         """A successful use of a tool for a query: update its usage vector, then persist it.

@@ -42,7 +42,7 @@ class _BadConversation(Exception):
 
 def tool_card(hit: SearchHit) -> dict[str, Any]:
     tool = hit.tool
-    return {
+    card: dict[str, Any] = {
         "name": tool.exposed_name,
         "title": tool.title,
         "description": tool.description,
@@ -51,6 +51,9 @@ def tool_card(hit: SearchHit) -> dict[str, Any]:
         "score": round(hit.score, 4),
         "why": hit.why,
     }
+    if hit.sub_intent is not None:
+        card["sub_intent"] = hit.sub_intent  # index into the result's intent.sub_intents
+    return card
 
 
 class _FrontDoor(Server[Any]):
@@ -268,6 +271,8 @@ async def _find(
         "total_tools": len(service.catalog),
         "conversation": conversation,
     }
+    if outcome.intent is not None:
+        payload["intent"] = outcome.intent.to_dict()
     if outcome.memory is not None:
         payload["memory"] = outcome.memory.as_dict()
     elif outcome.memory_error is not None:

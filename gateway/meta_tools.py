@@ -26,6 +26,10 @@ _CARD: dict[str, Any] = {
         "input_schema": {"type": "object"},
         "score": {"type": "number"},
         "why": {"type": "string", "description": "Which stage and field matched."},
+        "sub_intent": {
+            "type": "integer",
+            "description": "Which part of the request (an index into intent.sub_intents) it answers.",
+        },
     },
     "required": ["name", "description", "server", "input_schema", "score", "why"],
 }
@@ -40,6 +44,29 @@ _CONVERSATION: dict[str, Any] = {
     ),
 }
 
+_INTENT: dict[str, Any] = {
+    "type": "object",
+    "description": "How the request was read: its sub-intents, each ranked for in turn.",
+    "properties": {
+        "parser": {"type": "string", "enum": ["builtin", "llm"]},
+        "fallback_reason": {"type": ["string", "null"]},
+        "sub_intents": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "span": {"type": "string"},
+                    "action": {"type": ["string", "null"]},
+                    "object": {"type": ["string", "null"]},
+                    "effect": {"type": "string", "enum": ["read", "write", "unknown"]},
+                    "domains": {"type": "array"},
+                    "named_tools": {"type": "array", "items": {"type": "string"}},
+                    "named_servers": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        },
+    },
+}
 _MEMORY: dict[str, Any] = {
     "type": "object",
     "description": "Your working set of tools in this conversation.",
@@ -112,6 +139,7 @@ def _find_tools(max_limit: int, default_limit: int) -> types.Tool:
                 "total_tools": {"type": "integer"},
                 "conversation": {"type": ["string", "null"]},
                 "memory": _MEMORY,
+                "intent": _INTENT,
             },
             "required": ["tools", "total_tools"],
         },

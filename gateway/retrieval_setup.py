@@ -31,10 +31,12 @@ def index_path(settings: Settings) -> Path:
 
 
 def retrieval_settings(settings: Settings) -> RetrievalSettings:
-    defaults = RetrievalSettings()
+    # The intent stage follows TOOLGATE_INTENT_PARSER, so `toolgate eval` and `search` rank
+    # as find_tools does.
+    chosen = dataclasses.replace(RetrievalSettings(), intent=settings.intent_parser != "off")
     if settings.retrieval_pool is None:
-        return defaults
-    return dataclasses.replace(defaults, pool_size=settings.retrieval_pool)
+        return chosen
+    return dataclasses.replace(chosen, pool_size=settings.retrieval_pool)
 
 
 def check_model(settings: Settings) -> None:

@@ -10,11 +10,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
+import httpx
 
 from migrations.runner import upgrade
 from registry.db import create_engine, create_sessionmaker
 from registry.repository import Registry
+from retrieval.intent_llm import LLMSettings
 
+from .catalog import IntentConfig
 from .conversations import ConversationMemory
 from .demo import demo_specs
 from .learning import UsageLearner
@@ -35,6 +38,19 @@ async def migrate(settings: Settings) -> None:
     await anyio.to_thread.run_sync(upgrade, settings.resolved_database_url)
 
 
+def intent_config(settings: Settings, client: httpx.AsyncClient | None) -> IntentConfig:
+    """The intent stage as configured; ``client`` serves the llm parser's endpoint."""
+    if settings.intent_parser != "llm":
+        return IntentConfig(settings.intent_parser)
+    llm = LLMSettings(
+        url=settings.intent_llm_url or "",  # both required by Settings in llm mode
+        model=settings.intent_llm_model or "",
+        api_key=settings.intent_llm_api_key,
+        timeout=settings.intent_llm_timeout_s,
+    )
+    return IntentConfig("llm", llm, client)
+
+
 async def _sync_forever(service: GatewayService, interval: float) -> None:
     while True:
         await anyio.sleep(interval)
@@ -51,6 +67,8 @@ async def gateway_runtime(settings: Settings, *, sync_on_start: bool = True) -> 
     retrieval = await anyio.to_thread.run_sync(build_retriever, settings)
     engine = create_engine(settings.resolved_database_url)
     store = open_store(settings.redis_url, ttl_s=settings.memory_ttl_s, capacity=settings.memory_capacity)
+    # Only the llm intent parser talks HTTP; one pooled client serves all its requests.
+    llm_client = httpx.AsyncClient() if settings.intent_parser == "llm" else None
     try:
         registry = Registry(create_sessionmaker(engine))
 
@@ -71,6 +89,7 @@ async def gateway_runtime(settings: Settings, *, sync_on_start: bool = True) -> 
                 retrieval.retriever,
                 sync_concurrency=settings.sync_concurrency,
                 learner=learner,
+                intent=intent_config(settings, llm_client),
                 memory=ConversationMemory(
                     store,
                     mode=settings.memory_mode,
@@ -104,4 +123,6 @@ async def gateway_runtime(settings: Settings, *, sync_on_start: bool = True) -> 
         with anyio.CancelScope(shield=True):  # flush the index even when the app is cancelled
             await engine.dispose()
             await store.aclose()
+            if llm_client is not None:
+                await llm_client.aclose()
             await anyio.to_thread.run_sync(retrieval.close)

@@ -18,9 +18,10 @@ from registry.models import Server, Tool
 from registry.repository import ImportResult, Registry
 from registry.specs import ServerSpec
 from registry.sync import Synchronizer, SyncReport
+from retrieval.intent import Intent
 from retrieval.pipeline import Retriever
 
-from .catalog import Catalog, SearchFilters, SearchHit
+from .catalog import Catalog, IntentConfig, SearchFilters, SearchHit
 from .conversations import ConversationMemory, MemoryView
 from .forwarder import Forwarder
 from .learning import UsageLearner
@@ -35,6 +36,7 @@ class FindOutcome:
     hits: list[SearchHit]
     memory: MemoryView | None = None
     memory_error: str | None = None  # the store failed: the hits are still good
+    intent: Intent | None = None  # the parsed request, when the intent stage ran
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +57,11 @@ class GatewayService:
         sync_concurrency: int = 8,
         learner: UsageLearner | None = None,
         memory: ConversationMemory | None = None,
+        intent: IntentConfig | None = None,
     ) -> None:
         self.registry = registry
         self.pool = pool
-        self.catalog = Catalog(registry, retriever)
+        self.catalog = Catalog(registry, retriever, intent)
         self.learner = learner
         self.memory = memory
         self.forwarder = Forwarder(self.catalog, pool)
@@ -163,18 +166,18 @@ class GatewayService:
         (autonomous mode at capacity raises `WorkingSetFull`)."""
         found = await self.catalog.search(query, limit, filters, adaptive=adaptive)
         if conversation is None:
-            return FindOutcome(found.hits)
+            return FindOutcome(found.hits, intent=found.intent)
         if self.learner is not None and found.hits:
             self.learner.found(conversation, found.vector, [hit.tool.exposed_name for hit in found.hits])
         if self.memory is None:
-            return FindOutcome(found.hits)
+            return FindOutcome(found.hits, intent=found.intent)
         scores = {hit.tool.exposed_name: hit.score for hit in found.hits}
         try:
             view = await self.memory.on_find(conversation, scores, mode=mode)
         except MemoryStoreError as exc:
             logger.warning("conversation memory unavailable: %s", exc)
-            return FindOutcome(found.hits, memory_error=str(exc))
-        return FindOutcome(found.hits, view)
+            return FindOutcome(found.hits, memory_error=str(exc), intent=found.intent)
+        return FindOutcome(found.hits, view, intent=found.intent)
 
     async def forget_tools(self, conversation: str, names: Sequence[str]) -> MemoryView:
         if self.memory is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -87,6 +87,23 @@ class Settings(BaseSettings):
         20, ge=0, le=10_000, description="Uses one conversation may add to the usage vectors."
     )
 
+    intent_parser: Literal["off", "builtin", "llm"] = Field(
+        "builtin",
+        description="Split requests into sub-intents before ranking: 'builtin' (no language model), "
+        "'llm' (an OpenAI-compatible endpoint, falling back to builtin on any failure) or 'off'.",
+    )
+    intent_llm_url: str | None = Field(
+        None,
+        description="'llm' parser: base URL of an OpenAI-compatible API (…/v1) or its chat/completions URL.",
+    )
+    intent_llm_model: str | None = Field(None, description="'llm' parser: the model name to ask.")
+    intent_llm_api_key: str | None = Field(
+        None, repr=False, description="'llm' parser: sent as a Bearer token, never logged."
+    )
+    intent_llm_timeout_s: float = Field(
+        5.0, gt=0, le=120, description="'llm' parser: give up and use builtin after this long."
+    )
+
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, value: str | None) -> str | None:
@@ -110,6 +127,14 @@ class Settings(BaseSettings):
         if not value.strip():
             raise ValueError("must not be empty")
         return value
+
+    @model_validator(mode="after")
+    def _llm_parser_needs_an_endpoint(self) -> Settings:
+        if self.intent_parser == "llm" and not (self.intent_llm_url and self.intent_llm_model):
+            raise ValueError(
+                "intent_parser 'llm' needs TOOLGATE_INTENT_LLM_URL and TOOLGATE_INTENT_LLM_MODEL"
+            )
+        return self
 
     @property
     def resolved_database_url(self) -> str:
