@@ -459,7 +459,8 @@ def settings_for(args: argparse.Namespace) -> list[Setting]:
         Setting(f"autonomous{auto_capacity}", auto_capacity, IDLE_TURNS, ("autonomous",), main),
     ]
     for idle in IDLE_SWEEP[:1] if args.smoke else IDLE_SWEEP:
-        out.append(Setting(f"idle{idle}", CAPACITY, idle, ("workflow", "hybrid"), sweep))
+        if sweep > 0:  # --sweep-conversations 0 skips the idle-turns sweep
+            out.append(Setting(f"idle{idle}", CAPACITY, idle, ("workflow", "hybrid"), sweep))
     return out
 
 
