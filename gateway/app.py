@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,10 +14,20 @@ from sqlalchemy import text
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from . import admin_keys, admin_upstreams
 from .admin import install_error_handlers, router
+from .auth import install_auth
 from .frontdoor import build_mcp_server
+from .observability import install_observability
+from .ratelimit import install_rate_limit
 from .runtime import gateway_runtime
+from .services import GatewayService
 from .settings import Settings
+
+# A module that needs resources for the app's lifetime (a Redis client, an HTTP client, a
+# tracer) appends one of these to `app.state.lifespan_hooks` in its install function; they
+# are entered in order after the gateway's runtime is up and left in reverse.
+LifespanHook = Callable[[FastAPI, GatewayService], AbstractAsyncContextManager[None]]
 
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -56,8 +66,11 @@ def create_app(settings: Settings) -> FastAPI:
             )
             app.state.service = service
             app.state.mcp_manager = manager
-            async with manager.run():
-                yield
+            async with AsyncExitStack() as stack:
+                for hook in app.state.lifespan_hooks:
+                    await stack.enter_async_context(hook(app, service))
+                async with manager.run():
+                    yield
 
     app = FastAPI(
         title="toolgate",
@@ -65,10 +78,19 @@ def create_app(settings: Settings) -> FastAPI:
         summary="MCP tool-retrieval gateway: admin API. MCP clients connect to /mcp.",
         lifespan=lifespan,
     )
+    app.state.settings = settings
+    app.state.lifespan_hooks = []
     app.router.routes.append(Route("/mcp", endpoint=_MCPEndpoint()))
     app.router.routes.append(Route("/mcp/", endpoint=_MCPEndpoint()))
     app.include_router(router)
+    app.include_router(admin_keys.router)
+    app.include_router(admin_upstreams.router)
     install_error_handlers(app)
+    # Middleware added last runs first: observability (request id, metrics) wraps auth, which
+    # wraps the per-key rate limit, which needs the principal auth attached.
+    install_rate_limit(app, settings)
+    install_auth(app, settings)
+    install_observability(app, settings)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import functools
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -63,6 +64,9 @@ class FindResult:
     hits: list[SearchHit]
     vector: Vector  # the query's embedding, for usage learning
     intent: Intent | None = None  # the parsed request, when the intent stage ran
+    # Seconds per retrieval stage: "intent" (llm parse), "prepare" (parse + embed; "embed"
+    # with the intent stage off), "wait" (for the catalog lock), "search" (stages 1-3).
+    timings: Mapping[str, float] = field(default_factory=dict)
 
 
 IntentMode = Literal["off", "builtin", "llm"]
@@ -251,24 +255,39 @@ class Catalog:
         """The best `limit` servable tools for `query` (embedding runs outside the lock);
         `adaptive` may return fewer, cutting at a clear drop in score."""
         flt = _index_filter(filters)
+        timings: dict[str, float] = {}
+        clock = time.perf_counter
         if self.intent.mode == "off":
+            started = clock()
             vector = await self.embed_query(query)
+            timings["embed"] = clock() - started
             search = functools.partial(self.retriever.search_with_vector, adaptive=adaptive)
-            async with self._lock:
-                hits = await anyio.to_thread.run_sync(search, query, vector, limit, flt)
-            return FindResult(self._found(hits), vector)
+            hits = await self._locked_search(timings, search, query, vector, limit, flt)
+            return FindResult(self._found(hits), vector, timings=timings)
         intent: Intent | bool = True
         if self.intent.mode == "llm":
+            started = clock()
             intent = await self._llm_intent(query)
+            timings["intent"] = clock() - started
 
         # Parsing and embedding read snapshots of the catalog's names and centroids, so they
         # run outside the lock; only the search itself is serialised with catalog changes.
+        started = clock()
         prepare = functools.partial(self.retriever.prepare, query, intent=intent)
         prepared: PreparedQuery = await anyio.to_thread.run_sync(prepare)
+        timings["prepare"] = clock() - started
         search = functools.partial(self.retriever.search_prepared, adaptive=adaptive)
+        hits = await self._locked_search(timings, search, prepared, limit, flt)
+        return FindResult(self._found(hits), prepared.vector, prepared.intent, timings)
+
+    async def _locked_search(self, timings: dict[str, float], search: Any, *args: Any) -> list[Hit]:
+        started = time.perf_counter()
         async with self._lock:
-            hits = await anyio.to_thread.run_sync(search, prepared, limit, flt)
-        return FindResult(self._found(hits), prepared.vector, prepared.intent)
+            locked = time.perf_counter()
+            timings["wait"] = locked - started
+            hits: list[Hit] = await anyio.to_thread.run_sync(search, *args)
+        timings["search"] = time.perf_counter() - locked
+        return hits
 
     async def _llm_intent(self, query: str) -> Intent:
         """The language model's parse; on any failure the built-in one, with the reason."""

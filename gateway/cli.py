@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -14,15 +13,9 @@ from typing import Any
 
 import anyio
 
-from . import cli_eval
+from . import cli_eval, cli_keys, cli_ops
+from .logs import configure_logging
 from .settings import Settings, SettingsError, load_settings
-
-
-def _configure_logging(level: str) -> None:
-    # stderr only: on `toolgate stdio`, stdout carries the MCP protocol.
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
 
 
 def _serve(settings: Settings) -> int:
@@ -212,7 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true", help="print JSON")
 
     cli_eval.add_parser(commands)
+    cli_keys.add_parser(commands)
+    cli_ops.add_parser(commands)
     return parser
+
+
+_REPORT_COMMANDS = ("search", "eval", "keys", "servers", "doctor")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -230,8 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"toolgate: {exc}", file=sys.stderr)
         return 2
     # Report commands print results; INFO lines (migrations, sync) would drown them.
-    quiet = args.command in ("search", "eval") and "TOOLGATE_LOG_LEVEL" not in os.environ
-    _configure_logging("WARNING" if quiet else settings.log_level)
+    quiet = args.command in _REPORT_COMMANDS and "TOOLGATE_LOG_LEVEL" not in os.environ
+    # stderr only: on `toolgate stdio`, stdout carries the MCP protocol.
+    configure_logging("WARNING" if quiet else settings.log_level, settings.log_format)
     from .retrieval_setup import RetrievalSetupError, check_model
 
     try:
@@ -256,6 +255,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _search(settings, args)
     if args.command == "eval":
         return cli_eval.run(args, settings)
+    if args.command == "keys":
+        return cli_keys.run(args, settings)
+    if args.command in cli_ops.COMMANDS:
+        return cli_ops.run(args, settings)
     return _sync(settings, args.server)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -104,6 +104,70 @@ class Settings(BaseSettings):
         5.0, gt=0, le=120, description="'llm' parser: give up and use builtin after this long."
     )
 
+    # -- auth (gateway/auth.py) ------------------------------------------------------------------
+    auth: Literal["required", "off"] = Field(
+        "required",
+        description="'required': every route but /healthz and /readyz needs an API key or a JWT; "
+        "'off' (loopback only) lets anyone in as admin.",
+    )
+    admin_key: SecretStr | None = Field(
+        None,
+        description="A bootstrap admin API key taken from the environment (not stored); "
+        "create the rest with `toolgate keys create` or POST /admin/keys.",
+    )
+    jwt_issuer: str | None = Field(None, description="JWT bearer tokens: the required `iss`.")
+    jwt_audience: str | None = Field(None, description="JWT bearer tokens: the required `aud`.")
+    jwt_jwks_url: str | None = Field(None, description="JWT: where the signing keys are (RS256/ES256).")
+    jwt_secret: SecretStr | None = Field(None, description="JWT: a shared HS256 key instead of JWKS.")
+    jwt_leeway_s: float = Field(30.0, ge=0, le=600, description="JWT: clock skew allowed on exp/nbf.")
+
+    # -- upstream credentials at rest (registry/secrets.py) ----------------------------------------
+    credentials_key: SecretStr | None = Field(
+        None,
+        description="Fernet key(s), comma-separated, newest first, encrypting upstream env values "
+        "and headers in the registry; unset: a key file in the data dir (replicas need this set).",
+    )
+
+    # -- observability (gateway/metrics.py, gateway/logs.py, gateway/tracing.py) ----------------
+    log_format: Literal["text", "json"] = Field(
+        "text", description="'json': one JSON object per line, with the request id."
+    )
+    metrics_enabled: bool = Field(True, description="Serve Prometheus metrics at /metrics.")
+    otlp_endpoint: str | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "TOOLGATE_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"
+        ),
+        description="OTLP/HTTP collector URL; set to turn OpenTelemetry tracing on.",
+    )
+    otel_service_name: str = Field("toolgate", min_length=1, description="service.name of the spans.")
+
+    # -- resilience (gateway/circuit.py, gateway/ratelimit.py) -----------------------------------
+    circuit_failures: int = Field(
+        5, ge=1, le=1000, description="Consecutive failures of one upstream that open its circuit."
+    )
+    circuit_cooldown_s: float = Field(
+        30.0, gt=0, le=3600, description="Seconds an open circuit waits before letting one call try."
+    )
+    rate_limit_per_minute: int = Field(
+        0, ge=0, le=1_000_000, description="Requests per minute per API key or token; 0: no limit."
+    )
+    rate_limit_burst: int | None = Field(
+        None, ge=1, le=1_000_000, description="Requests a key may send at once (default: a minute's)."
+    )
+    shutdown_drain_s: float = Field(
+        10.0, ge=0, le=600, description="On shutdown, wait this long for in-flight calls to finish."
+    )
+
+    # -- replicas ------------------------------------------------------------------------------
+    registry_watch_s: float = Field(
+        2.0,
+        ge=0,
+        le=3600,
+        description="Seconds between checks for registry changes made by other "
+        "replicas (server or tool added, changed, removed, or new usage); 0 turns it off.",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, value: str | None) -> str | None:
@@ -133,6 +197,15 @@ class Settings(BaseSettings):
         if self.intent_parser == "llm" and not (self.intent_llm_url and self.intent_llm_model):
             raise ValueError(
                 "intent_parser 'llm' needs TOOLGATE_INTENT_LLM_URL and TOOLGATE_INTENT_LLM_MODEL"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _auth_off_only_on_loopback(self) -> Settings:
+        if self.auth == "off" and self.host not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(
+                f"auth 'off' is allowed only on a loopback host (got {self.host!r}): "
+                "set TOOLGATE_ADMIN_KEY or create keys with `toolgate keys create`"
             )
         return self
 
