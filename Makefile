@@ -19,8 +19,9 @@ node_modules/.installed: package.json package-lock.json
 
 install: $(BIN)/.installed node_modules/.installed
 
+# Loopback only, one user: no API keys needed (TOOLGATE_AUTH=off is refused on other hosts).
 run: install
-	$(BIN)/toolgate serve --demo
+	TOOLGATE_AUTH=$${TOOLGATE_AUTH:-off} $(BIN)/toolgate serve --demo
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -78,6 +78,9 @@ class GatewayProcess:
             **os.environ,
             "TOOLGATE_DATA_DIR": str(data_dir),
             "TOOLGATE_SYNC_INTERVAL_S": "0",
+            # Benchmarks run on loopback against loopback upstreams: no keys, no SSRF guard.
+            "TOOLGATE_AUTH": "off",
+            "TOOLGATE_UPSTREAM_ALLOW_PRIVATE": "127.0.0.0/8",
             "TOOLGATE_LOG_LEVEL": "WARNING",
             **(extra_env or {}),
         }

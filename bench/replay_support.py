@@ -252,6 +252,9 @@ def start_gateway(
         "TOOLGATE_DATA_DIR": str(data_dir),
         "TOOLGATE_SYNC_INTERVAL_S": "0",
         "TOOLGATE_LOG_LEVEL": "WARNING",
+        # Benchmarks run on loopback against loopback upstreams: no keys, no SSRF guard.
+        "TOOLGATE_AUTH": "off",
+        "TOOLGATE_UPSTREAM_ALLOW_PRIVATE": "127.0.0.0/8",
         "TOOLGATE_UPSTREAM_IDLE_S": "0",
         # Rankings of a fresh gateway vary with the hash seed (ties, set order): fixed, so a run
         # can be repeated exactly.

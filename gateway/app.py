@@ -14,10 +14,11 @@ from sqlalchemy import text
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from . import admin_keys, admin_upstreams
+from . import admin_keys, admin_upstreams, console, db_errors
 from .admin import install_error_handlers, router
 from .auth import install_auth
 from .frontdoor import build_mcp_server
+from .limits import RequestSizeLimit
 from .observability import install_observability
 from .ratelimit import install_rate_limit
 from .runtime import gateway_runtime
@@ -62,7 +63,9 @@ def create_app(settings: Settings) -> FastAPI:
                 listing=settings.tools_listing,
             )
             manager = StreamableHTTPSessionManager(
-                app=server, security_settings=_transport_security(settings)
+                app=server,
+                security_settings=_transport_security(settings),
+                max_request_body_size=settings.max_request_bytes,
             )
             app.state.service = service
             app.state.mcp_manager = manager
@@ -85,11 +88,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(router)
     app.include_router(admin_keys.router)
     app.include_router(admin_upstreams.router)
+    app.include_router(console.router)
     install_error_handlers(app)
-    # Middleware added last runs first: observability (request id, metrics) wraps auth, which
-    # wraps the per-key rate limit, which needs the principal auth attached.
+    db_errors.install(app)  # a database outage is a 503 with Retry-After, not a 500
+    # Middleware added last runs first: observability (request id, metrics) wraps the size
+    # limit, then auth, then the per-key rate limit, which needs the principal auth attached.
     install_rate_limit(app, settings)
     install_auth(app, settings)
+    app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes)
     install_observability(app, settings)
 
     @app.get("/healthz", tags=["health"])

@@ -14,25 +14,29 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import anyio
 import httpx
 import numpy as np
 
-from registry.models import Tool
+from registry.models import Tool, utcnow
 from registry.repository import Registry, spec_of
 from registry.specs import ServerSpec
 from retrieval.documents import ToolText
-from retrieval.index import IndexFilter
+from retrieval.index import IndexFilter, IndexScope
 from retrieval.intent import Intent
 from retrieval.intent_llm import LLMIntentParser, LLMSettings
 from retrieval.intent_stage import PreparedQuery
 from retrieval.pipeline import Hit, Retriever, ToolRecord
 from retrieval.usage import UsageState, Vector
 
+from .principal import Scope
+
 logger = logging.getLogger(__name__)
 _BATCH = 64
+_CLOCK_MARGIN = timedelta(seconds=60)  # replicas stamp usage rows with their own clocks
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +91,8 @@ class SearchFilters:
     server: str | None = None
     category: str | None = None
     read_only: bool | None = None
+    # The caller's scope (gateway.principal.Scope); None: every tool. Applied inside the query.
+    scope: Scope | None = None
 
 
 def _hint(annotations: Mapping[str, Any] | None, key: str) -> bool | None:
@@ -106,6 +112,7 @@ class Catalog:
         self._refresh_lock = anyio.Lock()
         self._lock = anyio.Lock()  # serialises retriever state changes and searches
         self._loaded = False
+        self._usage_seen = datetime.min.replace(tzinfo=UTC)  # newest usage evidence taken in
         self.ready = False
         self.indexing = 0  # tools waiting to be embedded
         self.embedded = 0  # tools embedded since start (adopted ones are not)
@@ -134,7 +141,7 @@ class Catalog:
             server = row.server
             spec = servers.get(server.name) or spec_of(server)
             servers[server.name] = spec
-            enabled = row.enabled and server.enabled
+            enabled = row.enabled and not row.quarantined and server.enabled
             tools[row.exposed_name] = CatalogTool(
                 id=row.id,
                 exposed_name=row.exposed_name,
@@ -193,11 +200,12 @@ class Catalog:
             self.indexing = max(0, len(pending) - start - len(batch))
 
     async def _load_usage(self) -> None:
+        self._usage_seen = utcnow()
         stored = await self._registry.load_usage()
         states = {
-            name: UsageState(total=np.frombuffer(total, dtype=np.float32).copy(), count=count)
+            name: state
             for name, (count, total) in stored.items()
-            if len(total) == 4 * self.retriever.embedder.dim
+            if (state := _usage_state(count, total, self.retriever.embedder.dim)) is not None
         }
         if states:
             async with self._lock:
@@ -306,14 +314,36 @@ class Catalog:
         return found
 
     async def record_use(self, exposed_name: str, vector: Vector) -> bool:
-        """A successful use of a tool for a query: update its usage vector, then persist it.
-        False when the tool is gone."""
+        """A successful use of a tool for a query: update its usage vector, then add it to the
+        stored evidence. False when the tool is gone."""
         async with self._lock:
             state = await anyio.to_thread.run_sync(self.retriever.record_use, exposed_name, vector)
         if state is None:
             return False
-        total = state.total.astype(np.float32).tobytes()
-        return await self._registry.save_usage(exposed_name, state.count, total)
+        return await self._add_usage(exposed_name, 1, np.asarray(vector, dtype=np.float32), state)
+
+    async def record_uses(self, uses: list[tuple[str, Vector]]) -> int:
+        """A batch of uses (gateway/learning_queue.py): usage vectors updated under one lock
+        acquisition, stored evidence added once per tool. Returns how many were recorded."""
+        latest: dict[str, UsageState] = {}
+        sums: dict[str, tuple[int, Vector]] = {}
+
+        def apply() -> None:
+            for name, vector in uses:
+                state = self.retriever.record_use(name, vector)
+                if state is None:
+                    continue  # the tool left the catalog meanwhile
+                latest[name] = state
+                count, total = sums.get(name, (0, np.zeros_like(vector, dtype=np.float32)))
+                sums[name] = (count + 1, total + np.asarray(vector, dtype=np.float32))
+
+        async with self._lock:
+            await anyio.to_thread.run_sync(apply)
+        recorded = 0
+        for name, (count, total) in sums.items():
+            if await self._add_usage(name, count, total, latest[name]):
+                recorded += count
+        return recorded
 
     async def add_examples(self, exposed_name: str, queries: list[str]) -> int:
         """Example queries for a tool count as uses of it (the same evidence live calls give).
@@ -328,16 +358,56 @@ class Catalog:
                 state = await anyio.to_thread.run_sync(self.retriever.record_use, exposed_name, vector)
                 recorded += state is not None
         if state is not None:
-            total = state.total.astype(np.float32).tobytes()
-            await self._registry.save_usage(exposed_name, state.count, total)
+            total = np.sum(np.asarray(vectors, dtype=np.float32), axis=0)
+            await self._add_usage(exposed_name, recorded, total, state)
         return recorded
+
+    async def _add_usage(self, exposed_name: str, count: int, total: Vector, local: UsageState) -> bool:
+        """Add uses to the stored evidence, which other replicas add to as well: when the merged
+        total differs from ours, theirs came in between, so adopt the merged one."""
+        merged = await self._registry.add_usage(exposed_name, count, total.astype(np.float32).tobytes())
+        if merged is None:
+            return False
+        stored_count, stored_total = merged
+        if stored_count != local.count:
+            state = _usage_state(stored_count, stored_total, self.retriever.embedder.dim)
+            if state is not None:
+                async with self._lock:
+                    await anyio.to_thread.run_sync(self.retriever.load_usage, {exposed_name: state})
+        return True
+
+    async def reload_usage(self) -> None:
+        """Take in usage evidence other replicas stored since the last look (with a margin for
+        their clocks); evidence equal to ours changes nothing."""
+        since = self._usage_seen - _CLOCK_MARGIN
+        rows = await self._registry.load_usage_since(since)
+        states: dict[str, UsageState] = {}
+        for name, (count, total, updated_at) in rows.items():
+            self._usage_seen = max(self._usage_seen, updated_at)
+            ours = self.retriever.usage.get(name)
+            if ours is not None and ours.count == count:
+                continue
+            state = _usage_state(count, total, self.retriever.embedder.dim)
+            if state is not None:
+                states[name] = state
+        if states:
+            async with self._lock:
+                await anyio.to_thread.run_sync(self.retriever.load_usage, states)
+
+
+def _usage_state(count: int, total: bytes, dim: int) -> UsageState | None:
+    if len(total) != 4 * dim:
+        return None  # stored by another embedder: not comparable
+    return UsageState(total=np.frombuffer(total, dtype=np.float32).copy(), count=count)
 
 
 def _index_filter(filters: SearchFilters | None) -> IndexFilter | None:
     if filters is None or filters == SearchFilters():
         return None
+    scope = filters.scope
     return IndexFilter(
         servers=frozenset([filters.server]) if filters.server is not None else None,
         categories=frozenset([filters.category]) if filters.category is not None else None,
         read_only=filters.read_only,
+        scope=IndexScope(servers=scope.servers, tool_ids=scope.tools) if scope is not None else None,
     )

@@ -20,6 +20,12 @@ from .settings import Settings, SettingsError, load_settings
 
 def _serve(settings: Settings) -> int:
     import uvicorn
+    from sse_starlette.sse import AppStatus
+
+    # sse-starlette ends every SSE response the moment uvicorn gets SIGTERM, which would lose
+    # the result of a call in flight on a 2025-11-25 session; uvicorn's graceful timeout
+    # (TOOLGATE_SHUTDOWN_DRAIN_S) bounds open streams instead.
+    AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
 
     from .app import create_app
 
@@ -28,9 +34,12 @@ def _serve(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
-        # A long import or sync request must not hold a shutdown forever; the registry's
-        # transactions are atomic, so cutting them off loses nothing half-written.
-        timeout_graceful_shutdown=10,
+        # uvicorn's own loggers go through our handler (JSON with the request id when asked).
+        log_config=None,
+        # In-flight requests get TOOLGATE_SHUTDOWN_DRAIN_S to finish: a long import or sync
+        # must not hold a shutdown forever, and the registry's transactions are atomic, so
+        # cutting them off loses nothing half-written.
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_drain_s)),
     )
     return 0
 
@@ -237,6 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("serve", "stdio", "import", "sync", "search"):
             check_model(settings)
         return _dispatch(args, settings)
+    except SettingsError as exc:  # found only at start-up, e.g. an unreadable key file
+        print(f"toolgate {args.command}: {exc}", file=sys.stderr)
+        return 2
     except RetrievalSetupError as exc:
         print(f"toolgate {args.command}: {exc}", file=sys.stderr)
         return 2

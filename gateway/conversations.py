@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from .memory import CapacityError, Change, Mode, WorkingSet, WorkingSetStore
+from .memory import CapacityError, Change, Mode, TurnRecord, WorkingSet, WorkingSetStore, with_record
 from .memory.policy import Pruned, PruneRules, add_hits, forget, prune, record_call, workflow_turn
 
 MODES: tuple[Mode, ...] = ("autonomous", "workflow", "hybrid")
@@ -83,10 +83,11 @@ class ConversationMemory:
         return working_set.mode if working_set.mode is not None else self.mode
 
     async def on_find(
-        self, conversation: str, hits: Mapping[str, float], *, mode: Mode | None = None
+        self, conversation: str, hits: Mapping[str, float], *, mode: Mode | None = None, query: str = ""
     ) -> MemoryView:
         """One turn: apply the conversation's mode to this find's hits (name -> score).
-        `mode` (when given) becomes the conversation's override from now on."""
+        `mode` (when given) becomes the conversation's override from now on. The turn goes into
+        the conversation's history with `query` (shortened) and what was added and removed."""
         now = time.time()
         rules = self.rules
 
@@ -110,7 +111,16 @@ class ConversationMemory:
                 result = add_hits(working_set, turn=number, now=now, hits=hits)
                 if len(result.working_set) > rules.capacity:
                     raise WorkingSetFull(len(working_set), rules.capacity, _oldest(working_set))
-            return Change(result.working_set, (chosen, result))
+            record = TurnRecord(
+                turn=number,
+                at=now,
+                kind="find",
+                query=query,
+                added=result.added,
+                removed=result.removed,
+                reasons=tuple(result.reasons.get(name, "") for name in result.removed),
+            )
+            return Change(with_record(result.working_set, record), (chosen, result))
 
         try:
             change = await self.store.update(conversation, turn)
@@ -132,7 +142,11 @@ class ConversationMemory:
             absent = name not in working_set.tools
             if absent and len(working_set) >= self.rules.capacity:
                 return Change(working_set, (chosen, False))  # full: the call ran, the set stays
-            return Change(record_call(working_set, name, now=now), (chosen, absent))
+            updated = record_call(working_set, name, now=now)
+            if absent:  # only a call that changes the set is history worth showing
+                record = TurnRecord(turn=working_set.turn, at=now, kind="call", added=(name,))
+                updated = with_record(updated, record)
+            return Change(updated, (chosen, absent))
 
         change = await self.store.update(conversation, called)
         chosen, added = change.result
@@ -141,9 +155,18 @@ class ConversationMemory:
         return await self._changed(view)
 
     async def forget(self, conversation: str, names: Sequence[str]) -> MemoryView:
+        now = time.time()
+
         def drop(working_set: WorkingSet) -> Change[tuple[Mode, Pruned]]:
             result = forget(working_set, names)
-            return Change(result.working_set, (self.mode_of(working_set), result))
+            updated = result.working_set
+            if result.removed:
+                reasons = ("forgotten",) * len(result.removed)
+                record = TurnRecord(
+                    turn=working_set.turn, at=now, kind="forget", removed=result.removed, reasons=reasons
+                )
+                updated = with_record(updated, record)
+            return Change(updated, (self.mode_of(working_set), result))
 
         change = await self.store.update(conversation, drop)
         chosen, result = change.result

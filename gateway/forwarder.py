@@ -14,7 +14,8 @@ from jsonschema import Draft202012Validator, SchemaError
 from jsonschema.exceptions import best_match
 
 from .catalog import Catalog, CatalogTool
-from .upstream import UpstreamError, UpstreamPool
+from .tracing import Telemetry
+from .upstream import UpstreamError, UpstreamPool, too_large_error
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,15 @@ def check_output(tool: CatalogTool, result: types.CallToolResult) -> str | None:
     )
 
 
+def check_size(tool: CatalogTool, result: types.CallToolResult, max_bytes: int) -> str | None:
+    """A result whose JSON is over `max_bytes` would flood the model's context (and SDK clients
+    refuse SSE events over 1 MiB): it becomes an error naming the limit."""
+    size = len(result.model_dump_json(by_alias=True, exclude_none=True))
+    if size <= max_bytes:
+        return None
+    return too_large_error(tool.server, tool.name, max_bytes) + f" (it was {size} bytes)"
+
+
 def validate_arguments(tool: CatalogTool, arguments: dict[str, Any]) -> str | None:
     """None when the arguments fit the tool's input schema, else a message naming the violation."""
     validator = _validator(tool)
@@ -89,9 +99,10 @@ def _without_protocol_meta(result: types.CallToolResult) -> types.CallToolResult
 
 
 class Forwarder:
-    def __init__(self, catalog: Catalog, pool: UpstreamPool) -> None:
+    def __init__(self, catalog: Catalog, pool: UpstreamPool, telemetry: Telemetry | None = None) -> None:
         self._catalog = catalog
         self._pool = pool
+        self.telemetry = telemetry if telemetry is not None else Telemetry()
 
     async def call(self, name: str, arguments: dict[str, Any] | None) -> types.CallToolResult:
         tool = self._catalog.get(name)
@@ -106,12 +117,29 @@ class Forwarder:
         problem = validate_arguments(tool, arguments)
         if problem is not None:
             return error_result(problem)
-        try:
-            result = await self._pool.call_tool(spec, tool.name, arguments)
-        except UpstreamError as exc:
-            logger.info("call to %s failed: %s", name, exc)
-            return error_result(str(exc))
-        problem = check_output(tool, result)
-        if problem is not None:
-            return error_result(problem)
-        return _without_protocol_meta(result)
+        with self.telemetry.upstream(tool.server, tool.name) as upstream:
+            try:
+                result = await self._pool.call_tool(spec, tool.name, arguments, meta=upstream.meta())
+            except UpstreamError as exc:
+                upstream.outcome("error", str(exc))
+                result = error_result(str(exc))
+            else:
+                problem = check_size(tool, result, self._pool.max_result_bytes) or check_output(tool, result)
+                if problem is not None:  # a server that breaks its own schema is failing, not the tool
+                    upstream.outcome("error", problem)
+                    result = error_result(problem)
+                else:
+                    upstream.outcome("tool_error" if result.is_error else "ok")
+                    result = _without_protocol_meta(result)
+        _log_call(name, tool.server, upstream.outcome_name, upstream.seconds, result)
+        return result
+
+
+def _log_call(name: str, server: str, outcome: str, seconds: float, result: types.CallToolResult) -> None:
+    """One line per forwarded call (the request id is added by the log formatter)."""
+    fields = {"tool": name, "server": server, "outcome": outcome, "duration_ms": round(seconds * 1000, 2)}
+    if outcome == "error":
+        message = "".join(getattr(block, "text", "") for block in result.content)
+        logger.warning("call to %s failed: %s", name, message, extra=fields)
+    else:
+        logger.info("called %s on %s: %s in %.1f ms", name, server, outcome, seconds * 1000, extra=fields)

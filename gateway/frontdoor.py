@@ -27,6 +27,7 @@ from .forwarder import error_result
 from .memory import InvalidConversationError, MemoryStoreError
 from .memory.store import check_conversation
 from .meta_tools import CALL_TOOL, FIND_TOOLS, FORGET_TOOLS, MAX_FORGET, MAX_QUERY_CHARS, NAMES, meta_tools
+from .scoping import ScopeView, request_principal, visible_memory
 from .services import GatewayService
 
 logger = logging.getLogger(__name__)
@@ -97,8 +98,9 @@ def build_mcp_server(
     ) -> types.ListToolsResult:
         if not dynamic:
             return types.ListToolsResult(tools=tools)
+        view = ScopeView(service.catalog, request_principal(ctx))
         return types.ListToolsResult(
-            tools=tools + await _working_set_tools(service, _session_conversation(ctx))
+            tools=tools + await _working_set_tools(service, view, _session_conversation(ctx))
         )
 
     async def on_call_tool(
@@ -111,13 +113,17 @@ def build_mcp_server(
             return error_result(str(exc))
         if dynamic and conversation is not None and _session_conversation(ctx) == conversation:
             sessions[conversation] = ctx.session
+        # Who is calling decides what exists for this request (the principal's scope).
+        view = ScopeView(service.catalog, request_principal(ctx))
         if params.name == FIND_TOOLS:
-            return await _find(service, arguments, default_limit, max_limit, conversation)
+            return await _find(service, view, arguments, default_limit, max_limit, conversation)
         if params.name == CALL_TOOL:
-            return await _call(service, arguments, conversation)
+            return await _call(service, view, arguments, conversation)
         if params.name == FORGET_TOOLS:
-            return await _forget(service, arguments, conversation)
+            return await _forget(service, view, arguments, conversation)
         if dynamic:  # a working-set tool called by its own name
+            if view.restricted and not view.allows(params.name):
+                return view.unknown_tool(params.name)
             return await service.call_tool(params.name, arguments, conversation=_session_conversation(ctx))
         return error_result(f"unknown tool {params.name!r}: this gateway offers {', '.join(NAMES)}")
 
@@ -150,7 +156,9 @@ def _session_conversation(ctx: ServerRequestContext[Any]) -> str | None:
         return None
 
 
-async def _working_set_tools(service: GatewayService, conversation: str | None) -> list[types.Tool]:
+async def _working_set_tools(
+    service: GatewayService, view: ScopeView, conversation: str | None
+) -> list[types.Tool]:
     if conversation is None or service.memory is None:
         return []
     try:
@@ -161,7 +169,8 @@ async def _working_set_tools(service: GatewayService, conversation: str | None) 
     if working_set is None:
         return []
     listed = []
-    for name in sorted(working_set.tools, key=lambda n: (working_set.tools[n].added_turn, n)):
+    ordered = sorted(working_set.tools, key=lambda n: (working_set.tools[n].added_turn, n))
+    for name in view.names(ordered):
         tool = service.catalog.get(name)
         if tool is not None:
             listed.append(
@@ -242,6 +251,7 @@ def _find_error(arguments: dict[str, Any], max_limit: int) -> str | None:
 
 async def _find(
     service: GatewayService,
+    view: ScopeView,
     arguments: dict[str, Any],
     default_limit: int,
     max_limit: int,
@@ -254,6 +264,7 @@ async def _find(
         server=arguments.get("server"),
         category=arguments.get("category"),
         read_only=arguments.get("read_only"),
+        scope=view.scope,
     )
     try:
         outcome = await service.find_tools(
@@ -268,20 +279,20 @@ async def _find(
         return error_result(str(exc))
     payload: dict[str, Any] = {
         "tools": [tool_card(hit) for hit in outcome.hits],
-        "total_tools": len(service.catalog),
+        "total_tools": await view.total_tools(),
         "conversation": conversation,
     }
     if outcome.intent is not None:
-        payload["intent"] = outcome.intent.to_dict()
+        payload["intent"] = view.intent(outcome.intent.to_dict())
     if outcome.memory is not None:
-        payload["memory"] = outcome.memory.as_dict()
+        payload["memory"] = visible_memory(view, outcome.memory.as_dict())
     elif outcome.memory_error is not None:
         payload["memory_error"] = outcome.memory_error
     return _structured(payload)
 
 
 async def _call(
-    service: GatewayService, arguments: dict[str, Any], conversation: str | None
+    service: GatewayService, view: ScopeView, arguments: dict[str, Any], conversation: str | None
 ) -> types.CallToolResult:
     name = arguments.get("name")
     inner = arguments.get("arguments", {})
@@ -294,11 +305,13 @@ async def _call(
         return error_result(
             f"call_tool takes only 'name', 'arguments' and 'conversation' (got {sorted(unknown)})"
         )
+    if view.restricted and not view.allows(name):
+        return view.unknown_tool(name)  # out of scope: answered exactly like an unknown tool
     return await service.call_tool(name, inner, conversation=conversation)
 
 
 async def _forget(
-    service: GatewayService, arguments: dict[str, Any], conversation: str | None
+    service: GatewayService, view: ScopeView, arguments: dict[str, Any], conversation: str | None
 ) -> types.CallToolResult:
     names = arguments.get("names")
     unknown = set(arguments) - {"names", "conversation"}
@@ -313,9 +326,14 @@ async def _forget(
     if conversation is None:
         return error_result("forget_tools needs 'conversation': the id find_tools returned")
     try:
-        view = await service.forget_tools(conversation, names)
+        # Out-of-scope names are dropped, so they are "not forgotten" like unknown ones.
+        memory = await service.forget_tools(conversation, view.forgettable(names))
     except MemoryStoreError as exc:
         return error_result(f"the working set is unavailable: {exc}")
     return _structured(
-        {"conversation": conversation, "forgotten": list(view.removed), "memory": view.as_dict()}
+        {
+            "conversation": conversation,
+            "forgotten": view.forgettable(memory.removed),
+            "memory": visible_memory(view, memory.as_dict()),
+        }
     )

@@ -15,18 +15,22 @@ import httpx
 from migrations.runner import upgrade
 from registry.db import create_engine, create_sessionmaker
 from registry.repository import Registry
+from registry.review import ReviewPolicy
+from registry.secrets import CredentialCipher, CredentialsKeyError, load_key_file
 from retrieval.intent_llm import LLMSettings
 
 from .catalog import IntentConfig
 from .conversations import ConversationMemory
 from .demo import demo_specs
-from .learning import UsageLearner
+from .learning import Learner, open_learner
 from .memory import open_store
 from .memory.policy import PruneRules
+from .registry_watch import RegistryWatcher
 from .retrieval_setup import build_retriever
 from .services import GatewayService
-from .settings import Settings
+from .settings import Settings, SettingsError
 from .upstream import UpstreamPool
+from .upstream_policy import UpstreamPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +40,34 @@ async def migrate(settings: Settings) -> None:
     if not settings.database_url:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     await anyio.to_thread.run_sync(upgrade, settings.resolved_database_url)
+
+
+def credentials_cipher(settings: Settings) -> CredentialCipher:
+    """The cipher of upstream credentials at rest: `TOOLGATE_CREDENTIALS_KEY` when set, else a
+    key file in the data directory, created on first start. A bad key stops the start."""
+    configured = settings.credentials_key.get_secret_value().strip() if settings.credentials_key else ""
+    source = "TOOLGATE_CREDENTIALS_KEY"
+    if not configured:
+        path = settings.data_dir / "credentials.key"
+        if settings.database_url:
+            logger.warning(
+                "TOOLGATE_CREDENTIALS_KEY is not set: upstream credentials are encrypted with the "
+                "key in %s; every replica sharing DATABASE_URL needs the same key, so set "
+                "TOOLGATE_CREDENTIALS_KEY",
+                path,
+            )
+        source = f"{path} (TOOLGATE_CREDENTIALS_KEY unset)"
+        try:
+            configured = load_key_file(path)
+        except OSError as exc:
+            raise SettingsError(
+                f"invalid settings:\n  {source}: cannot read or create it ({exc.strerror}): "
+                "set TOOLGATE_CREDENTIALS_KEY"
+            ) from None
+    try:
+        return CredentialCipher(configured)
+    except CredentialsKeyError as exc:
+        raise SettingsError(f"invalid settings:\n  {source}: {exc}") from None
 
 
 def intent_config(settings: Settings, client: httpx.AsyncClient | None) -> IntentConfig:
@@ -62,6 +94,16 @@ async def _sync_forever(service: GatewayService, interval: float) -> None:
 @asynccontextmanager
 async def gateway_runtime(settings: Settings, *, sync_on_start: bool = True) -> AsyncIterator[GatewayService]:
     """Everything the gateway needs, alive for the duration of the `async with` block."""
+    cipher = credentials_cipher(settings)  # first: a bad key must stop us before any work
+    with cipher.redactor.installed():  # no log record of this process carries a credential
+        async with _gateway_runtime(settings, cipher, sync_on_start=sync_on_start) as service:
+            yield service
+
+
+@asynccontextmanager
+async def _gateway_runtime(
+    settings: Settings, cipher: CredentialCipher, *, sync_on_start: bool
+) -> AsyncIterator[GatewayService]:
     if settings.migrate_on_start:
         await migrate(settings)
     retrieval = await anyio.to_thread.run_sync(build_retriever, settings)
@@ -69,8 +111,16 @@ async def gateway_runtime(settings: Settings, *, sync_on_start: bool = True) -> 
     store = open_store(settings.redis_url, ttl_s=settings.memory_ttl_s, capacity=settings.memory_capacity)
     # Only the llm intent parser talks HTTP; one pooled client serves all its requests.
     llm_client = httpx.AsyncClient() if settings.intent_parser == "llm" else None
+    # With Redis, a find on one replica and the call on another still teach the usage vectors.
+    learner: Learner | None = None
+    if settings.learn_from_calls:
+        learner = open_learner(settings.redis_url, max_uses=settings.learn_max_uses)
     try:
-        registry = Registry(create_sessionmaker(engine))
+        registry = Registry(create_sessionmaker(engine), cipher)
+        policy = UpstreamPolicy.from_settings(
+            settings.upstream_allow_private or "", settings.stdio_commands or ""
+        )
+        await registry.seal_credentials()  # plaintext rows from before encryption, key rotation
 
         async def tools_changed(name: str) -> None:
             await service.on_tools_changed(name)
@@ -81,8 +131,12 @@ async def gateway_runtime(settings: Settings, *, sync_on_start: bool = True) -> 
             concurrency=settings.upstream_concurrency,
             idle_timeout=settings.upstream_idle_s,
             on_tools_changed=tools_changed,
+            circuit_failures=settings.circuit_failures,
+            circuit_cooldown_s=settings.circuit_cooldown_s,
+            drain_timeout=settings.shutdown_drain_s,
+            max_result_bytes=settings.max_result_bytes,
+            connect_check=policy.check,
         ) as pool:
-            learner = UsageLearner(max_uses=settings.learn_max_uses) if settings.learn_from_calls else None
             service = GatewayService(
                 registry,
                 pool,
@@ -90,6 +144,12 @@ async def gateway_runtime(settings: Settings, *, sync_on_start: bool = True) -> 
                 sync_concurrency=settings.sync_concurrency,
                 learner=learner,
                 intent=intent_config(settings, llm_client),
+                policy=policy,
+                review=ReviewPolicy(
+                    quarantine_flagged=settings.quarantine_flagged,
+                    pin=settings.pin_definitions,
+                    pin_changes=settings.pin_changes,
+                ),
                 memory=ConversationMemory(
                     store,
                     mode=settings.memory_mode,
@@ -111,10 +171,14 @@ async def gateway_runtime(settings: Settings, *, sync_on_start: bool = True) -> 
                     len(service.catalog),
                 )
             async with anyio.create_task_group() as group:
+                group.start_soon(service.learning.run)  # records uses; drains what is left on exit
                 if sync_on_start:
                     group.start_soon(service.sync_all)  # upstreams may have changed while we were down
                 if settings.sync_interval_s > 0:
                     group.start_soon(_sync_forever, service, settings.sync_interval_s)
+                if settings.registry_watch_s > 0:  # follow what other replicas change
+                    watcher = RegistryWatcher(registry, service.catalog, interval_s=settings.registry_watch_s)
+                    group.start_soon(watcher.run)
                 try:
                     yield service
                 finally:
@@ -123,6 +187,8 @@ async def gateway_runtime(settings: Settings, *, sync_on_start: bool = True) -> 
         with anyio.CancelScope(shield=True):  # flush the index even when the app is cancelled
             await engine.dispose()
             await store.aclose()
+            if learner is not None:
+                await learner.aclose()
             if llm_client is not None:
                 await llm_client.aclose()
             await anyio.to_thread.run_sync(retrieval.close)

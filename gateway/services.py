@@ -6,16 +6,20 @@ Protocol layers translate to and from these calls and nothing more.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import mcp_types as types
+from pydantic import ValidationError
 
 from registry.errors import NotFoundError
+from registry.importer import ImportFileError
 from registry.models import Server, Tool
-from registry.repository import ImportResult, Registry
+from registry.repository import ImportResult, Registry, spec_of
+from registry.review import ReviewPolicy
 from registry.specs import ServerSpec
 from registry.sync import Synchronizer, SyncReport
 from retrieval.intent import Intent
@@ -24,9 +28,13 @@ from retrieval.pipeline import Retriever
 from .catalog import Catalog, IntentConfig, SearchFilters, SearchHit
 from .conversations import ConversationMemory, MemoryView
 from .forwarder import Forwarder
-from .learning import UsageLearner
+from .learning import Learner, LearnerUnavailableError
+from .learning_queue import LearningQueue
 from .memory import MemoryStoreError, Mode
+from .tool_stats import ToolStats
+from .tracing import Telemetry
 from .upstream import UpstreamPool
+from .upstream_policy import UpstreamPolicy, UpstreamRefused
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +45,7 @@ class FindOutcome:
     memory: MemoryView | None = None
     memory_error: str | None = None  # the store failed: the hits are still good
     intent: Intent | None = None  # the parsed request, when the intent stage ran
+    timings: Mapping[str, float] = field(default_factory=dict)  # seconds per stage, in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,25 +64,43 @@ class GatewayService:
         retriever: Retriever,
         *,
         sync_concurrency: int = 8,
-        learner: UsageLearner | None = None,
+        learner: Learner | None = None,
         memory: ConversationMemory | None = None,
         intent: IntentConfig | None = None,
+        policy: UpstreamPolicy | None = None,
+        review: ReviewPolicy | None = None,
     ) -> None:
         self.registry = registry
+        self.review = review or ReviewPolicy()  # findings, quarantine and pinning at sync
+        self.policy = policy or UpstreamPolicy()
         self.pool = pool
         self.catalog = Catalog(registry, retriever, intent)
         self.learner = learner
+        self.learning = LearningQueue(self.catalog)  # its `run` is started by the runtime
         self.memory = memory
         self.forwarder = Forwarder(self.catalog, pool)
+        self.tool_stats = ToolStats()  # found vs called per tool, for the console
+        self.telemetry = Telemetry()  # records nothing until the HTTP app sets its own
         self.synchronizer = Synchronizer(
-            registry, pool, concurrency=sync_concurrency, on_change=self.catalog.refresh
+            registry,
+            pool,
+            concurrency=sync_concurrency,
+            on_change=self.catalog.refresh,
+            review=self.review,
         )
+
+    def set_telemetry(self, telemetry: Telemetry) -> None:
+        """Report find_tools, call_tool and upstream calls (metrics, spans) through `telemetry`."""
+        self.telemetry = telemetry
+        self.forwarder.telemetry = telemetry
 
     # -- servers -------------------------------------------------------------------------------
 
     async def register_server(self, spec: ServerSpec) -> tuple[Server, SyncReport | None]:
         """Store the server, then sync it at once. A failing sync does not undo the
-        registration: the server keeps status `error` and its message until a sync succeeds."""
+        registration: the server keeps status `error` and its message until a sync succeeds.
+        An upstream that policy forbids (SSRF guard, stdio allow-list) is refused first."""
+        await self.policy.check(spec)
         server = await self.registry.create_server(spec)
         report = await self.synchronizer.sync_server(server.id) if server.enabled else None
         return await self.registry.get_server(server.id), report
@@ -81,6 +108,7 @@ class GatewayService:
     async def update_server(
         self, server_id: int, changes: dict[str, Any]
     ) -> tuple[Server, SyncReport | None]:
+        await self._check_changes(server_id, changes)
         server, reconnect = await self.registry.update_server(server_id, changes)
         report = None
         if reconnect or "enabled" in changes:
@@ -90,6 +118,17 @@ class GatewayService:
         await self.catalog.refresh()
         return await self.registry.get_server(server_id), report
 
+    async def _check_changes(self, server_id: int, changes: dict[str, Any]) -> None:
+        """Policy applies to where a server points, so check the merged spec when that moves."""
+        if not changes.keys() & {"transport", "url", "command"}:
+            return
+        current = spec_of(await self.registry.get_server(server_id))
+        try:
+            merged = ServerSpec.model_validate({**current.model_dump(), **changes})
+        except ValidationError:
+            return  # not a valid spec: the registry refuses it with the full message
+        await self.policy.check(merged)
+
     async def delete_server(self, server_id: int) -> Server:
         server = await self.registry.delete_server(server_id)
         await self.pool.close(server.name)
@@ -97,7 +136,16 @@ class GatewayService:
         return server
 
     async def import_servers(self, specs: Sequence[ServerSpec]) -> ImportOutcome:
-        """Create or update servers from an import; sync only the ones that changed."""
+        """Create or update servers from an import; sync only the ones that changed. Any spec
+        that policy forbids rejects the whole import, with every refusal listed."""
+        refused = []
+        for spec in specs:
+            try:
+                await self.policy.check(spec)
+            except UpstreamRefused as exc:
+                refused.append(f"{spec.name}: {exc}")
+        if refused:
+            raise ImportFileError(refused)
         result = await self.registry.import_servers(specs)
         reports: list[SyncReport] = []
         limit = anyio.Semaphore(16)
@@ -136,6 +184,21 @@ class GatewayService:
         await self.catalog.refresh()
         return tool
 
+    async def approve_tool(self, tool_id: int) -> Tool:
+        """Approve the tool's pending (or unapproved live) definition and lift its quarantine;
+        the catalog re-indexes the new definition. ReviewConflict when nothing waits."""
+        tool = await self.registry.approve_tool(tool_id, self.review)
+        logger.info("approved the definition of %s", tool.exposed_name)
+        await self.catalog.refresh()
+        return tool
+
+    async def reject_tool(self, tool_id: int) -> Tool:
+        """Drop the tool's pending definition and keep serving the approved one."""
+        tool = await self.registry.reject_tool(tool_id, self.review)
+        logger.info("rejected the pending definition of %s", tool.exposed_name)
+        await self.catalog.refresh()
+        return tool
+
     async def add_examples(self, examples: Mapping[str, Sequence[str]]) -> dict[str, int]:
         """Example queries per tool (by exposed name), recorded as uses of it: the same evidence
         a live call gives. All names are checked first, so a bad one records nothing."""
@@ -164,20 +227,44 @@ class GatewayService:
     ) -> FindOutcome:
         """Rank the tools; in a conversation, also learn from it and update its working set
         (autonomous mode at capacity raises `WorkingSetFull`)."""
+        with self.telemetry.find() as record:
+            outcome = await self._find_tools(query, limit, filters, conversation, mode, adaptive)
+            size = outcome.memory.count if outcome.memory is not None else None
+            record.found(outcome.timings, len(outcome.hits), size)
+        return outcome
+
+    async def _find_tools(
+        self,
+        query: str,
+        limit: int,
+        filters: SearchFilters | None,
+        conversation: str | None,
+        mode: Mode | None,
+        adaptive: bool,
+    ) -> FindOutcome:
         found = await self.catalog.search(query, limit, filters, adaptive=adaptive)
+        timings = found.timings
         if conversation is None:
-            return FindOutcome(found.hits, intent=found.intent)
+            return FindOutcome(found.hits, intent=found.intent, timings=timings)
+        self.tool_stats.record_found(hit.tool.exposed_name for hit in found.hits)
         if self.learner is not None and found.hits:
-            self.learner.found(conversation, found.vector, [hit.tool.exposed_name for hit in found.hits])
+            try:
+                names = [hit.tool.exposed_name for hit in found.hits]
+                await self.learner.found(conversation, found.vector, names)
+            except LearnerUnavailableError as exc:  # learning is best effort; the find is good
+                logger.warning("%s", exc)
         if self.memory is None:
-            return FindOutcome(found.hits, intent=found.intent)
+            return FindOutcome(found.hits, intent=found.intent, timings=timings)
         scores = {hit.tool.exposed_name: hit.score for hit in found.hits}
+        started = time.perf_counter()
         try:
-            view = await self.memory.on_find(conversation, scores, mode=mode)
+            view = await self.memory.on_find(conversation, scores, mode=mode, query=query)
         except MemoryStoreError as exc:
             logger.warning("conversation memory unavailable: %s", exc)
-            return FindOutcome(found.hits, memory_error=str(exc), intent=found.intent)
-        return FindOutcome(found.hits, view, intent=found.intent)
+            timings = {**timings, "memory": time.perf_counter() - started}
+            return FindOutcome(found.hits, memory_error=str(exc), intent=found.intent, timings=timings)
+        timings = {**timings, "memory": time.perf_counter() - started}
+        return FindOutcome(found.hits, view, intent=found.intent, timings=timings)
 
     async def forget_tools(self, conversation: str, names: Sequence[str]) -> MemoryView:
         if self.memory is None:
@@ -187,16 +274,28 @@ class GatewayService:
     async def call_tool(
         self, name: str, arguments: dict[str, Any] | None, *, conversation: str | None = None
     ) -> types.CallToolResult:
+        with self.telemetry.call(name) as record:
+            result = await self._call_tool(name, arguments, conversation)
+            record.result(result)
+        return result
+
+    async def _call_tool(
+        self, name: str, arguments: dict[str, Any] | None, conversation: str | None
+    ) -> types.CallToolResult:
         result = await self.forwarder.call(name, arguments)
+        if not result.is_error:
+            self.tool_stats.record_called(name)
         if result.is_error or conversation is None:
             return result
         if self.learner is not None:
-            vector = self.learner.used(conversation, name)
-            if vector is not None:
-                try:
-                    await self.catalog.record_use(name, vector)
-                except Exception:  # learning is best effort: the call itself succeeded
-                    logger.exception("could not record a use of %s", name)
+            try:
+                vector = await self.learner.used(conversation, name)
+                if vector is not None:
+                    self.learning.submit(name, vector)  # recorded off this call's path
+            except LearnerUnavailableError as exc:
+                logger.warning("%s", exc)
+            except Exception:  # learning is best effort: the call itself succeeded
+                logger.exception("could not record a use of %s", name)
         if self.memory is not None:
             try:
                 await self.memory.on_call(conversation, name)

@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -159,6 +167,49 @@ class Settings(BaseSettings):
         10.0, ge=0, le=600, description="On shutdown, wait this long for in-flight calls to finish."
     )
 
+    max_result_bytes: int = Field(
+        512 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Largest upstream answer passed on (one JSON-RPC message, a call's serialized "
+        "result); bigger ones become a tool error naming this limit.",
+    )
+    max_request_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        le=1 << 30,
+        description="Largest request body on any route; bigger ones get a 413 before they are read.",
+    )
+
+    # -- registration safety (gateway/upstream_policy.py) -------------------------------------
+    upstream_allow_private: str | None = Field(
+        None,
+        description="Comma-separated hosts or CIDR networks that URL upstreams may target although "
+        "they are loopback, link-local or private (e.g. 127.0.0.1/32,10.0.0.0/8,mcp.internal); '*' all.",
+    )
+    stdio_commands: str | None = Field(
+        None,
+        description="Comma-separated executables (names or absolute paths) that stdio upstreams may "
+        "run; empty: any command (registering one always needs the admin role).",
+    )
+
+    # -- tool poisoning and rug pulls (registry/poisoning.py, registry/pinning.py) --------------
+    quarantine_flagged: bool = Field(
+        False,
+        description="Disable tools whose definition has a high-severity poisoning finding until an "
+        "admin approves them (otherwise they are only flagged).",
+    )
+    pin_definitions: bool = Field(
+        False,
+        description="Pin approved tool definitions: a changed upstream definition waits for admin "
+        "approval (see TOOLGATE_PIN_CHANGES).",
+    )
+    pin_changes: Literal["hold", "disable"] = Field(
+        "hold",
+        description="With pinning, a changed definition: 'hold' keeps serving the approved one; "
+        "'disable' takes the tool out of service until approved.",
+    )
+
     # -- replicas ------------------------------------------------------------------------------
     registry_watch_s: float = Field(
         2.0,
@@ -209,12 +260,47 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("credentials_key")
+    @classmethod
+    def _fernet_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None  # unset or empty: the key file in the data dir
+        from registry.secrets import parse_keys
+
+        parse_keys(value.get_secret_value())  # CredentialsKeyError is a ValueError
+        return value
+
+    @field_validator("upstream_allow_private", "stdio_commands")
+    @classmethod
+    def _comma_list(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if not value:
+            return None
+        if info.field_name == "upstream_allow_private":
+            from .upstream_policy import UpstreamPolicy
+
+            UpstreamPolicy.from_settings(value, "")  # raises ValueError naming a bad entry
+        return value
+
     @property
     def resolved_database_url(self) -> str:
         """The registry database: `DATABASE_URL` when set, else SQLite under `data_dir`."""
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'toolgate.db').resolve()}"
+
+
+# Never echoed in error messages: they hold keys.
+_SECRET_FIELDS = frozenset(
+    {
+        "credentials_key",
+        "admin_key",
+        "jwt_secret",
+        "qdrant_api_key",
+        "intent_llm_api_key",
+        "database_url",
+        "redis_url",
+    }
+)
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -226,5 +312,6 @@ def load_settings(**overrides: object) -> Settings:
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"]) or "settings"
             env = f"TOOLGATE_{field.upper()}" if field != "database_url" else "DATABASE_URL"
-            lines.append(f"  {env}: {error['msg']} (got {error.get('input')!r})")
+            shown = "" if field in _SECRET_FIELDS else f" (got {error.get('input')!r})"
+            lines.append(f"  {env}: {error['msg']}{shown}")
         raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None

@@ -3,8 +3,14 @@
 One long-lived session per server, reused across calls (never one process per call). Each
 session lives in its own task, because the SDK's client must be entered and exited in the
 same task; callers borrow it. A session whose transport died is replaced on the next use,
-so a crashed stdio server is restarted then. Closing the pool closes every session, and with
-it every upstream process.
+so a crashed stdio server is restarted then.
+
+Each server has a circuit breaker (gateway/circuit.py): after repeated transport failures its
+calls fail fast, without connecting, until a trial call after the cool-down succeeds. Each
+session caps its in-flight calls (`concurrency`); more wait their turn.
+
+Leaving the pool drains it: new calls are refused, calls in flight get up to `drain_timeout`
+to finish, then every session, and with it every upstream process, is closed.
 """
 
 from __future__ import annotations
@@ -15,32 +21,66 @@ import math
 import ssl
 import sys
 import time
-from collections.abc import Callable, Coroutine
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Self, TextIO
+from typing import Any, Self, TextIO, cast
 
 import anyio
 import httpx2
 import mcp_types as types
 from anyio.abc import TaskGroup, TaskStatus
-from mcp import Client, StdioServerParameters, stdio_client
+from mcp import Client, StdioServerParameters
 from mcp.client.session import IncomingMessage, MessageHandlerFnT
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from registry.errors import InvalidSpecError
 from registry.specs import ServerSpec, UpstreamTool
+
+from .circuit import Attempt, CircuitBreaker, CircuitOpenError, CircuitSnapshot, unavailable_message
+from .http_limits import CappedTransport
+from .stdio_transport import bounded_stdio_client
+from .tracing import detached
+from .upstream_errors import (
+    DEFAULT_MAX_RESULT_BYTES,
+    UpstreamError,
+    call_error,
+    connect_error,
+    is_too_large,
+    other_call_error,
+    too_large_error,
+)
 
 logger = logging.getLogger(__name__)
 
 ToolsChanged = Callable[[str], Coroutine[Any, Any, None]]
+ConnectCheck = Callable[[ServerSpec], Awaitable[None]]  # raises InvalidSpecError to refuse
 _MAX_PAGES = 1000  # a server that keeps returning cursors is broken, not large
 
 
-class UpstreamError(Exception):
-    """An upstream could not be reached or misbehaved; the message is safe to show a client."""
+# The SDK's stand-in for an HTTP error status without a JSON-RPC body (a 502 from a proxy, a
+# crashed app server): the server did not answer the request, so it counts against the circuit.
+_HTTP_STATUS_ERROR = "Server returned an error response"
+SHUTTING_DOWN = "the gateway is shutting down"
+__all__ = ["DEFAULT_MAX_RESULT_BYTES", "SHUTTING_DOWN", "UpstreamError", "UpstreamPool", "too_large_error"]
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamStatus:
+    """One server as the pool sees it, for the admin API. `in_flight` counts calls accepted and
+    not finished, `waiting` those of them queued for a concurrency slot; `connect_attempts`
+    counts sessions this process tried to open."""
+
+    name: str
+    connected: bool
+    alive: bool
+    in_flight: int
+    waiting: int
+    connect_attempts: int
+    circuit: CircuitSnapshot
 
 
 @dataclass
@@ -86,28 +126,30 @@ def _ssl_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-def _transport(spec: ServerSpec, timeout: float) -> AbstractAsyncContextManager[Any]:
+def _transport(spec: ServerSpec, timeout: float, max_bytes: int) -> AbstractAsyncContextManager[Any]:
     if spec.transport == "stdio":
         assert spec.command is not None
         params = StdioServerParameters(
             command=spec.command, args=spec.args, env=spec.env or None, cwd=spec.cwd
         )
-        return stdio_client(params, errlog=_errlog())
+        return bounded_stdio_client(params, _errlog(), max_message_bytes=max_bytes)
     assert spec.url is not None
     if spec.transport == "sse":
         return sse_client(spec.url, headers=spec.headers or None, timeout=timeout)
+    transport = CappedTransport(httpx2.AsyncHTTPTransport(verify=_ssl_context()), max_bytes)
     http = httpx2.AsyncClient(
-        headers=spec.headers, timeout=httpx2.Timeout(timeout, read=None), verify=_ssl_context()
+        headers=spec.headers, timeout=httpx2.Timeout(timeout, read=None), transport=transport
     )
-    return _owned_http_transport(spec.url, http)
+    return _owned_http_transport(spec.url, http, max_bytes)
 
 
 class _owned_http_transport:
     """Streamable HTTP transport that also closes the HTTP client it was given."""
 
-    def __init__(self, url: str, http: httpx2.AsyncClient) -> None:
+    def __init__(self, url: str, http: httpx2.AsyncClient, max_bytes: int) -> None:
         self._http = http
-        self._inner = streamable_http_client(url, http_client=http)
+        # An SSE event over the limit fails the request it answered, not the session.
+        self._inner = streamable_http_client(url, http_client=http, max_sse_event_size=max_bytes)
 
     async def __aenter__(self) -> Any:
         return await self._inner.__aenter__()
@@ -132,7 +174,10 @@ def _upstream_tool(tool: types.Tool) -> UpstreamTool:
 
 
 class UpstreamPool:
-    """Sessions to upstream servers, keyed by server name, used as an async context manager."""
+    """Sessions to upstream servers, keyed by server name, used as an async context manager.
+
+    Breakers live in this process: every gateway replica learns on its own that a server is down.
+    """
 
     def __init__(
         self,
@@ -142,88 +187,141 @@ class UpstreamPool:
         concurrency: int = 16,
         idle_timeout: float = 600.0,
         on_tools_changed: ToolsChanged | None = None,
+        circuit_failures: int = 5,
+        circuit_cooldown_s: float = 30.0,
+        drain_timeout: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        connect_check: ConnectCheck | None = None,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
     ) -> None:
+        self.max_result_bytes = max_result_bytes
         self._connect_timeout = connect_timeout
         self._call_timeout = call_timeout
         self._concurrency = concurrency
         self._idle_timeout = idle_timeout
         self._on_tools_changed = on_tools_changed
+        self._circuit_failures = circuit_failures
+        self._circuit_cooldown = circuit_cooldown_s
+        self._drain_timeout = drain_timeout
+        self._clock = clock
+        self._connect_check = connect_check
         self._connections: dict[str, _Connection] = {}
         self._opening: dict[str, anyio.Lock] = {}
+        self._breakers: dict[str, tuple[tuple[Any, ...], CircuitBreaker]] = {}
+        self._connect_attempts: dict[str, int] = {}
         self._group: TaskGroup | None = None
         self._changes_pending: set[str] = set()
+        self._closing = False
+        self._active = 0  # calls and listings in progress, for the drain
+        self._idle: anyio.Event | None = None
+        self._unreadable: dict[str, int] = {}  # non-JSON-RPC messages per server, for error messages
 
     async def __aenter__(self) -> Self:
+        self._closing = False
         self._group = anyio.create_task_group()
         await self._group.__aenter__()
         if self._idle_timeout > 0:
             self._group.start_soon(self._reap_idle)
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close_all()
-        assert self._group is not None
-        self._group.cancel_scope.cancel()
-        await self._group.__aexit__(None, None, None)
-        self._group = None
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self._closing = True
+        try:
+            if exc_type is None:  # on an error or a cancellation, close at once
+                await self._drain()
+        finally:
+            with anyio.CancelScope(shield=True):  # never leave an upstream process behind
+                await self.close_all()
+            assert self._group is not None
+            self._group.cancel_scope.cancel()
+            await self._group.__aexit__(None, None, None)
+            self._group = None
 
     # -- public API ----------------------------------------------------------------------------
 
     async def list_tools(self, spec: ServerSpec) -> list[UpstreamTool]:
         """Every tool the server lists, following `nextCursor` until it is absent."""
-        connection = await self._acquire(spec)
+        async with self._attempt(spec) as attempt:
+            connection = await self._acquire(spec, attempt)
+            try:
+                tools = await self._list_pages(connection, attempt)
+            except (UpstreamError, CircuitOpenError):
+                raise
+            except MCPError as exc:
+                self._forget_if_dead(connection, exc)
+                self._judge(attempt, exc)
+                raise UpstreamError(f"{spec.name}: tools/list failed: {exc.message}") from exc
+            except Exception as exc:  # a malformed page or a broken transport
+                self._judge_other(attempt, connection, exc)
+                raise UpstreamError(f"{spec.name}: tools/list failed: {type(exc).__name__}: {exc}") from exc
+            finally:
+                connection.last_used = time.monotonic()
+            attempt.answered()
+            return tools
+
+    async def _list_pages(self, connection: _Connection, attempt: Attempt) -> list[UpstreamTool]:
         tools: list[UpstreamTool] = []
         cursor: str | None = None
-        try:
-            async with connection.limiter:
-                for _ in range(_MAX_PAGES):
-                    assert connection.client is not None
-                    page = await connection.client.list_tools(cursor=cursor, cache_mode="refresh")
-                    tools.extend(_upstream_tool(t) for t in page.tools)
-                    cursor = page.next_cursor
-                    if cursor is None:  # an empty string is still a cursor
-                        return tools
-        except MCPError as exc:
-            self._forget_if_dead(connection, exc)
-            raise UpstreamError(f"{spec.name}: tools/list failed: {exc.message}") from exc
-        finally:
-            connection.last_used = time.monotonic()
-        raise UpstreamError(f"{spec.name}: tools/list returned more than {_MAX_PAGES} pages")
+        async with connection.limiter:
+            attempt.check()
+            for _ in range(_MAX_PAGES):
+                assert connection.client is not None
+                page = await connection.client.list_tools(cursor=cursor, cache_mode="refresh")
+                tools.extend(_upstream_tool(t) for t in page.tools)
+                cursor = page.next_cursor
+                if cursor is None:  # an empty string is still a cursor
+                    return tools
+        attempt.answered()  # it answered every page; it is just broken
+        raise UpstreamError(f"{connection.spec.name}: tools/list returned more than {_MAX_PAGES} pages")
 
     async def call_tool(
-        self, spec: ServerSpec, name: str, arguments: dict[str, Any], *, time_limit: float | None = None
+        self,
+        spec: ServerSpec,
+        name: str,
+        arguments: dict[str, Any],
+        *,
+        time_limit: float | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> types.CallToolResult:
-        """Forward one call. Upstream failures raise `UpstreamError` with a message for the model."""
+        """Forward one call; `meta` becomes the request's `_meta` (a request id, trace context).
+        Upstream failures raise `UpstreamError` with a message for the model."""
         limit = time_limit or self._call_timeout
-        connection = await self._acquire(spec)
-        connection.in_flight += 1
-        try:
-            async with connection.limiter:
-                assert connection.client is not None
-                # The SDK's own read timeout cancels the request upstream; the outer bound is a
-                # safety net should a transport ignore it.
-                with anyio.fail_after(limit + 5):
-                    return await connection.client.call_tool(name, arguments, read_timeout_seconds=limit)
-        except MCPError as exc:
-            self._forget_if_dead(connection, exc)
-            if exc.code == types.REQUEST_TIMEOUT:
-                raise UpstreamError(f"{spec.name} did not answer {name!r} within {limit:g}s") from exc
-            if exc.code == types.CONNECTION_CLOSED:
-                raise UpstreamError(
-                    f"{spec.name} closed the connection during {name!r} (the server may have crashed; "
-                    "it is restarted on the next call)"
-                ) from exc
-            raise UpstreamError(f"{spec.name} rejected {name!r}: {exc.message}") from exc
-        except TimeoutError as exc:  # the transport ignored the read timeout: don't trust it again
-            self._drop(connection)
-            raise UpstreamError(f"{spec.name} did not answer {name!r} within {limit:g}s") from exc
-        except Exception as exc:  # a malformed result or a broken transport; keep serving
-            if not connection.alive:
+        async with self._attempt(spec) as attempt:
+            connection = await self._acquire(spec, attempt)
+            unreadable = self._unreadable.get(spec.name, 0)
+            connection.in_flight += 1
+            try:
+                async with connection.limiter:
+                    attempt.check()
+                    assert connection.client is not None
+                    # The SDK's own read timeout cancels the request upstream; the outer bound is
+                    # a safety net should a transport ignore it.
+                    with anyio.fail_after(limit + 5):
+                        result = await connection.client.call_tool(
+                            name,
+                            arguments,
+                            read_timeout_seconds=limit,
+                            meta=cast(types.RequestParamsMeta, meta) if meta is not None else None,
+                        )
+            except (UpstreamError, CircuitOpenError):
+                raise
+            except MCPError as exc:
+                self._forget_if_dead(connection, exc)
+                self._judge(attempt, exc)
+                noise = self._unreadable.get(spec.name, 0) - unreadable
+                raise call_error(spec.name, name, limit, exc, noise, self.max_result_bytes) from exc
+            except TimeoutError as exc:  # the transport ignored the read timeout: don't trust it again
                 self._drop(connection)
-            raise UpstreamError(f"{spec.name} failed during {name!r}: {type(exc).__name__}: {exc}") from exc
-        finally:
-            connection.in_flight -= 1
-            connection.last_used = time.monotonic()
+                attempt.failed(f"no answer within {limit:g}s")
+                raise UpstreamError(f"{spec.name} did not answer {name!r} within {limit:g}s") from exc
+            except Exception as exc:  # a malformed result or a broken transport; keep serving
+                self._judge_other(attempt, connection, exc)
+                raise other_call_error(spec.name, name, exc) from exc
+            finally:
+                connection.in_flight -= 1
+                connection.last_used = time.monotonic()
+            attempt.answered()
+            return result
 
     async def close(self, name: str) -> None:
         """Close the session to one server (and stop its process) and wait until it is gone."""
@@ -234,18 +332,119 @@ class UpstreamPool:
                 await connection.done.wait()
 
     async def close_all(self) -> None:
+        """Close every session and stop every upstream process."""
         async with anyio.create_task_group() as group:
             for name in list(self._connections):
                 group.start_soon(self.close, name)
+
+    @property
+    def closing(self) -> bool:
+        """True once the pool started shutting down: new calls are refused."""
+        return self._closing
 
     def stats(self) -> dict[str, int]:
         alive = sum(1 for c in self._connections.values() if c.alive)
         return {"connections": len(self._connections), "alive": alive}
 
+    def status(self, name: str) -> UpstreamStatus:
+        """One server's connection, load and circuit (a server never used: idle and closed)."""
+        connection = self._connections.get(name)
+        return UpstreamStatus(
+            name=name,
+            connected=connection is not None,
+            alive=connection is not None and connection.alive,
+            in_flight=connection.in_flight if connection is not None else 0,
+            waiting=connection.limiter.statistics().tasks_waiting if connection is not None else 0,
+            connect_attempts=self._connect_attempts.get(name, 0),
+            circuit=self._snapshot(name),
+        )
+
+    def circuits(self) -> dict[str, CircuitSnapshot]:
+        """The circuit of every server this process has talked to, by server name."""
+        return {name: breaker.snapshot() for name, (_key, breaker) in self._breakers.items()}
+
+    def reset_circuit(self, name: str) -> CircuitSnapshot:
+        """Close a server's circuit now (after an operator fixed it); the next call connects."""
+        entry = self._breakers.get(name)
+        if entry is not None:
+            entry[1].reset()
+            logger.info("circuit of %s reset by an operator", name)
+        return self._snapshot(name)
+
     # -- internals -----------------------------------------------------------------------------
 
+    def _snapshot(self, name: str) -> CircuitSnapshot:
+        entry = self._breakers.get(name)
+        if entry is None:
+            return CircuitSnapshot("closed", 0, None, None, None)
+        return entry[1].snapshot()
+
+    def _breaker(self, spec: ServerSpec) -> CircuitBreaker:
+        """The server's breaker; new connection details (the operator fixed the URL) start afresh."""
+        key = spec.connection_key()
+        entry = self._breakers.get(spec.name)
+        if entry is None or entry[0] != key:
+            breaker = CircuitBreaker(
+                failures_to_open=self._circuit_failures, cooldown_s=self._circuit_cooldown, clock=self._clock
+            )
+            entry = (key, breaker)
+            self._breakers[spec.name] = entry
+        return entry[1]
+
+    @asynccontextmanager
+    async def _attempt(self, spec: ServerSpec) -> AsyncIterator[Attempt]:
+        """Admit one call or listing (or refuse it at once: shutting down, circuit open) and
+        count it in flight until it ends."""
+        if self._closing:
+            raise UpstreamError(SHUTTING_DOWN)
+        try:
+            attempt = self._breaker(spec).attempt()
+        except CircuitOpenError as exc:
+            raise UpstreamError(unavailable_message(spec.name, exc)) from None
+        self._active += 1
+        try:
+            yield attempt
+        except CircuitOpenError as exc:  # it opened while this call waited to connect or for a slot
+            raise UpstreamError(unavailable_message(spec.name, exc)) from None
+        finally:
+            attempt.finish()
+            self._active -= 1
+            if self._active == 0 and self._idle is not None:
+                self._idle.set()
+
+    async def _drain(self) -> None:
+        if self._active == 0:
+            return
+        logger.info(
+            "shutting down: waiting up to %gs for %d upstream calls", self._drain_timeout, self._active
+        )
+        self._idle = anyio.Event()
+        with anyio.move_on_after(self._drain_timeout) as scope:
+            await self._idle.wait()
+        if scope.cancelled_caught:
+            logger.warning("shutting down: %d upstream calls still running; closing them", self._active)
+
+    def _judge(self, attempt: Attempt, exc: MCPError) -> None:
+        """A timeout or a lost connection counts against the circuit; an error the server chose
+        to send (invalid params, unknown tool) means it is up, and so does an oversized answer."""
+        if is_too_large(exc):
+            attempt.answered()
+        elif (
+            exc.code in (types.CONNECTION_CLOSED, types.REQUEST_TIMEOUT) or exc.message == _HTTP_STATUS_ERROR
+        ):
+            attempt.failed(exc.message)
+        else:
+            attempt.answered()
+
+    def _judge_other(self, attempt: Attempt, connection: _Connection, exc: Exception) -> None:
+        if connection.alive:  # e.g. a result that fails validation: the server did answer
+            attempt.answered()
+        else:
+            self._drop(connection)
+            attempt.failed(f"{type(exc).__name__}: {exc}")
+
     def _forget_if_dead(self, connection: _Connection, exc: MCPError) -> None:
-        if exc.code == types.CONNECTION_CLOSED:
+        if exc.code == types.CONNECTION_CLOSED and not is_too_large(exc):
             self._drop(connection)
 
     def _drop(self, connection: _Connection) -> None:
@@ -255,7 +454,7 @@ class UpstreamPool:
             del self._connections[connection.spec.name]
         connection.stop.set()
 
-    async def _acquire(self, spec: ServerSpec) -> _Connection:
+    async def _acquire(self, spec: ServerSpec, attempt: Attempt) -> _Connection:
         key = spec.connection_key()
         current = self._connections.get(spec.name)
         if current is not None and current.key == key and current.alive:
@@ -265,15 +464,28 @@ class UpstreamPool:
             current = self._connections.get(spec.name)
             if current is not None and current.key == key and current.alive:
                 return current
+            attempt.check()  # the calls queued behind a failed connect fail fast, not one by one
             if current is not None:
                 await self.close(spec.name)
             connection = _Connection(spec=spec, key=key, limiter=anyio.CapacityLimiter(self._concurrency))
             if self._group is None:
                 raise RuntimeError("UpstreamPool used outside its 'async with' block")
+            if self._connect_check is not None:
+                # Policy again before every connection (a name re-pointed at a private address
+                # since registration); a refusal is ours, not the server's: no circuit failure.
+                try:
+                    await self._connect_check(spec)
+                except InvalidSpecError as exc:
+                    raise UpstreamError(f"refused to connect to {spec.name}: {exc}") from None
+            self._connect_attempts[spec.name] = self._connect_attempts.get(spec.name, 0) + 1
             try:
-                await self._group.start(self._serve, connection)
+                # The session task outlives this request: it must not carry its request id or span.
+                with detached():
+                    await self._group.start(self._serve, connection)
             except Exception as exc:
-                raise UpstreamError(f"cannot connect to {spec.name}: {_connect_error(exc)}") from exc
+                reason = connect_error(exc)
+                attempt.failed(f"cannot connect: {reason}")
+                raise UpstreamError(f"cannot connect to {spec.name}: {reason}") from exc
             self._connections[spec.name] = connection
             return connection
 
@@ -289,7 +501,7 @@ class UpstreamPool:
         try:
             with deadline:
                 client = Client(
-                    _transport(spec, self._connect_timeout),
+                    _transport(spec, self._connect_timeout, self.max_result_bytes),
                     read_timeout_seconds=self._connect_timeout,
                     message_handler=self._message_handler(spec.name),
                     cache=None,  # the registry is our cache; tools/list must reach the server
@@ -309,7 +521,7 @@ class UpstreamPool:
         except Exception as exc:
             if not started:
                 raise
-            logger.warning("session to %s ended: %s", spec.name, _connect_error(exc))
+            logger.warning("session to %s ended: %s", spec.name, connect_error(exc))
         finally:
             connection.done.set()
 
@@ -336,7 +548,8 @@ class UpstreamPool:
             if isinstance(message, types.ToolListChangedNotification):
                 await self._tools_changed(name)
             elif isinstance(message, Exception):
-                logger.debug("upstream %s sent an unreadable message: %s", name, message)
+                self._unreadable[name] = self._unreadable.get(name, 0) + 1
+                logger.warning("upstream %s sent an unreadable message: %.200s", name, message)
 
         return handle
 
@@ -365,13 +578,3 @@ class UpstreamPool:
                 idle = now - connection.last_used
                 if connection.in_flight == 0 and (idle > self._idle_timeout or not connection.alive):
                     await self.close(name)
-
-
-def _connect_error(exc: BaseException) -> str:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    if isinstance(exc, MCPError):
-        return exc.message
-    if isinstance(exc, FileNotFoundError):
-        return f"command not found: {exc.filename or exc}"
-    return str(exc) or type(exc).__name__

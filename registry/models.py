@@ -25,6 +25,8 @@ from sqlalchemy.types import TypeDecorator
 
 # JSONB on PostgreSQL (indexable, compact), plain JSON text elsewhere.
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+# The same, with Python None stored as SQL NULL (not JSON null), so `IS NULL` filters work.
+NullableJSON = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -107,7 +109,18 @@ class Tool(Base):
     output_schema: Mapped[dict[str, Any] | None] = mapped_column(JSONType, default=None)
     annotations: Mapped[dict[str, Any] | None] = mapped_column(JSONType, default=None)
     definition_hash: Mapped[str] = mapped_column(String(64))
-    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)  # the admin's own switch
+    # Review (registry/review.py). Poisoning findings of the live definition (None: not yet
+    # scanned); the worst severity over live and pending findings (None: clean).
+    findings: Mapped[list[dict[str, str]] | None] = mapped_column(NullableJSON, default=None)
+    severity: Mapped[str | None] = mapped_column(String(8), default=None)
+    # Out of service until an admin approves (a high finding, or a held change with
+    # pin_changes=disable); distinct from `enabled` so approval never re-enables a tool.
+    quarantined: Mapped[bool] = mapped_column(Boolean, default=False)
+    approved_hash: Mapped[str | None] = mapped_column(String(64), default=None)  # None: never approved
+    # A changed upstream definition waiting for approval (fields, hash, findings, what changed).
+    pending: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON, default=None)
+    rejected_hash: Mapped[str | None] = mapped_column(String(64), default=None)  # not held again
     first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
@@ -124,3 +137,21 @@ class ToolUsage(Base):
     count: Mapped[int] = mapped_column(Integer, default=0)
     total: Mapped[bytes] = mapped_column(LargeBinary)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class ApiKey(Base):
+    """An API key: only its SHA-256 hash and a short display prefix are stored, never the key.
+    ``scope`` is ``{"servers": [...], "tools": [...]}`` or None for every tool."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))  # admin | client
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    scope: Mapped[dict[str, list[str]] | None] = mapped_column(JSONType, default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)

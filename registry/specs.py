@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 from urllib.parse import urlparse
@@ -16,7 +17,8 @@ TransportName = Literal["stdio", "http", "sse"]
 class ServerSpec(BaseModel):
     """How to reach one upstream MCP server. Validated before anything is written."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Validation messages must not quote the input: it holds credentials.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     name: str = Field(description="Unique; 1-32 of [A-Za-z0-9_-], no '__'. Prefixes exposed tool names.")
     transport: TransportName = "stdio"
@@ -58,6 +60,13 @@ class ServerSpec(BaseModel):
             if self.command:
                 raise ValueError(f"a {self.transport} server takes 'url', not 'command'")
         return self
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # repr/str (and so any log line or traceback showing a spec) name credentials only.
+        for name, value in super().__repr_args__():
+            if name in ("env", "headers") and isinstance(value, dict):
+                value = {key: "<redacted>" for key in value}
+            yield name, value
 
     def connection_key(self) -> tuple[Any, ...]:
         """What identifies a live connection: change any of it and the pool reconnects."""

@@ -15,7 +15,9 @@ from typing import Protocol
 import anyio
 
 from .errors import NotFoundError
-from .repository import Registry, ToolDiff, spec_of
+from .listing import ToolDiff
+from .repository import Registry, spec_of
+from .review import ReviewPolicy
 from .specs import ServerSpec, UpstreamTool
 
 logger = logging.getLogger(__name__)
@@ -55,8 +57,11 @@ class Synchronizer:
         *,
         concurrency: int = 8,
         on_change: Callable[[], Awaitable[None]] | None = None,
+        review: ReviewPolicy | None = None,
     ) -> None:
+        """`review`: how definitions are reviewed (findings, quarantine, pinning)."""
         self._registry = registry
+        self.review = review or ReviewPolicy()
         self._source = source
         self._limit = anyio.Semaphore(concurrency)
         self._locks: dict[int, anyio.Lock] = {}
@@ -85,22 +90,25 @@ class Synchronizer:
         try:
             listed = await self._source.list_tools(spec_of(server))
         except Exception as exc:  # any upstream failure is data about that server, not ours
+            # record_sync returns the message scrubbed of the server's own credentials.
             error = describe_error(exc)
+            error = await self._registry.record_sync(server_id, error=error) or error
             logger.warning("sync of %s failed: %s", name, error)
-            await self._registry.record_sync(server_id, error=error)
             return SyncReport(server_id, name, False, ToolDiff(), error, time.perf_counter() - started)
         try:
-            diff = await self._registry.apply_tool_list(server_id, listed)
+            diff = await self._registry.apply_tool_list(server_id, listed, self.review)
         except NotFoundError:
             return SyncReport(server_id, name, False, ToolDiff(), "server was deleted during sync", 0.0)
         duration = time.perf_counter() - started
         logger.info(
-            "synced %s: %d created, %d updated, %d deleted, %d unchanged in %.2fs",
+            "synced %s: %d created, %d updated, %d deleted, %d unchanged, %d held, %d flagged in %.2fs",
             name,
             diff.created,
             diff.updated,
             diff.deleted,
             diff.unchanged,
+            diff.held,
+            diff.flagged,
             duration,
         )
         return SyncReport(server_id, name, True, diff, None, duration)

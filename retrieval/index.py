@@ -86,13 +86,27 @@ def tool_payload(
 
 
 @dataclass(frozen=True)
+class IndexScope:
+    """What a caller may reach: the tools of ``servers`` plus the tools in ``tool_ids``
+    (either grants a tool). An empty scope reaches nothing."""
+
+    servers: frozenset[str] = frozenset()
+    tool_ids: frozenset[str] = frozenset()
+
+    def allows(self, server: str, tool_id: str) -> bool:
+        return server in self.servers or tool_id in self.tool_ids
+
+
+@dataclass(frozen=True)
 class IndexFilter:
     """Which tools a search or count may return; all fields combine with AND.
 
     ``read_only`` matches the stored value exactly: tools whose hint is unknown (None) match
     neither True nor False. ``exclude_destructive`` drops tools whose ``destructive`` hint is
     True (unknown ones stay). Disabled tools are excluded unless ``include_disabled``.
-    ``tool_ids`` restricts to a candidate pool (second-stage scoring).
+    ``tool_ids`` restricts to a candidate pool (second-stage scoring). ``scope`` restricts to
+    what a caller may reach (see :class:`IndexScope`); unlike the other fields it is an OR of
+    servers and tool ids, evaluated inside the engine's query like the rest.
     """
 
     servers: frozenset[str] | None = None
@@ -102,6 +116,7 @@ class IndexFilter:
     include_disabled: bool = False
     tool_ids: frozenset[str] | None = None
     exclude_destructive: bool = False
+    scope: IndexScope | None = None
 
 
 @dataclass(frozen=True)
@@ -284,6 +299,13 @@ class FilterPlan:
     must_not: tuple[Match, ...]
     point_ids: frozenset[uuid.UUID] | None
     matches_nothing: bool  # an empty allow-list: skip the engine call
+    # A caller's scope: the point must match one of these (server keywords, point ids).
+    any_of: tuple[Match, ...] = ()
+    any_of_ids: frozenset[uuid.UUID] = frozenset()
+
+    @property
+    def scoped(self) -> bool:
+        return bool(self.any_of or self.any_of_ids)
 
 
 def plan_filter(flt: IndexFilter | None, *, default_enabled_only: bool = True) -> FilterPlan:
@@ -309,4 +331,10 @@ def plan_filter(flt: IndexFilter | None, *, default_enabled_only: bool = True) -
     must_not = tuple(must_not_list)
     ids = frozenset(point_id(t) for t in flt.tool_ids) if flt.tool_ids is not None else None
     empty = any(isinstance(m.values, frozenset) and not m.values for m in must_list) or ids == frozenset()
-    return FilterPlan(tuple(must_list), must_not, ids, empty)
+    any_of: tuple[Match, ...] = ()
+    any_of_ids: frozenset[uuid.UUID] = frozenset()
+    if flt.scope is not None:
+        any_of = (Match("server", flt.scope.servers),) if flt.scope.servers else ()
+        any_of_ids = frozenset(point_id(t) for t in flt.scope.tool_ids)
+        empty = empty or not (any_of or any_of_ids)
+    return FilterPlan(tuple(must_list), must_not, ids, empty, any_of, any_of_ids)

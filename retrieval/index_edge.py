@@ -289,6 +289,12 @@ def _edge_filter(plan: FilterPlan) -> qe.Filter | None:
     if plan.point_ids is not None:
         ids: set[PointId] = set(plan.point_ids)
         must.append(qe.HasIdCondition(ids))
+    if plan.scoped:  # one nested OR group: the caller's servers or tools
+        should: list[ConditionType] = [_condition(m) for m in plan.any_of]
+        if plan.any_of_ids:
+            scoped_ids: set[PointId] = set(plan.any_of_ids)
+            should.append(qe.HasIdCondition(scoped_ids))
+        must.append(qe.Filter(should=should))
     must_not: list[ConditionType] = [_condition(m) for m in plan.must_not]
     if not must and not must_not:
         return None

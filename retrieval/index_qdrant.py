@@ -292,6 +292,11 @@ def _qdrant_filter(plan: FilterPlan) -> qm.Filter | None:
     must: list[qm.Condition] = [_condition(m) for m in plan.must]
     if plan.point_ids is not None:
         must.append(qm.HasIdCondition(has_id=[str(pid) for pid in plan.point_ids]))
+    if plan.scoped:  # one nested OR group: the caller's servers or tools
+        should: list[qm.Condition] = [_condition(m) for m in plan.any_of]
+        if plan.any_of_ids:
+            should.append(qm.HasIdCondition(has_id=[str(pid) for pid in plan.any_of_ids]))
+        must.append(qm.Filter(should=should))
     must_not: list[qm.Condition] = [_condition(m) for m in plan.must_not]
     if not must and not must_not:
         return None

@@ -599,6 +599,8 @@ class Retriever:
                 return False
             if flt.exclude_destructive and record.destructive:
                 return False
+            if flt.scope is not None and not flt.scope.allows(server, tool_id):
+                return False
             return flt.tool_ids is None or tool_id in flt.tool_ids
 
         return allowed
@@ -617,6 +619,14 @@ class Retriever:
                 for name in (flt.servers if flt.servers is not None else names)
                 if name not in flt.exclude_servers
             }
+        if flt is not None and flt.scope is not None:
+            # Route only to servers holding a tool in the caller's scope, as a server filter would.
+            reachable = set(flt.scope.servers)
+            for tool_id in flt.scope.tool_ids:
+                record = self._records.get(tool_id)
+                if record is not None:
+                    reachable.add(record.text.server)
+            allowed = reachable if allowed is None else allowed & reachable
         return ServerScores(names, row_of, sims, allowed)
 
     def _server_rows(self) -> tuple[list[str], np.ndarray, dict[str, int]]:

@@ -44,8 +44,15 @@ class Gateway:
 
 @pytest.fixture
 async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+    # Auth is not the point here (tests/test_auth.py): loopback with auth off. Loopback URL
+    # upstreams are allowed: the SSRF guard has its own tests (tests/test_upstream_policy.py).
     settings = Settings(
-        data_dir=tmp_path / "data", sync_interval_s=0, connect_timeout_s=20, call_timeout_s=10
+        data_dir=tmp_path / "data",
+        sync_interval_s=0,
+        connect_timeout_s=20,
+        call_timeout_s=10,
+        auth="off",
+        upstream_allow_private="127.0.0.0/8",
     )
     app = create_app(settings)
     async with app.router.lifespan_context(app):
@@ -62,6 +69,8 @@ async def test_health_and_openapi(gateway: Gateway) -> None:
     schema = (await gateway.http.get("/openapi.json")).json()
     assert "/admin/servers" in schema["paths"]
     assert "/admin/import" in schema["paths"]
+    assert "/admin/tools/{tool_id}/approve" in schema["paths"]
+    assert "/admin/tools/{tool_id}/reject" in schema["paths"]
 
 
 async def test_register_sync_and_hide_secrets(gateway: Gateway) -> None:
@@ -71,6 +80,7 @@ async def test_register_sync_and_hide_secrets(gateway: Gateway) -> None:
     assert body["status"] == "ok"
     assert body["sync"]["created"] == body["tool_count"] >= 7
     assert body["env_keys"] == ["API_TOKEN"]
+    assert (body["flagged_count"], body["pending_count"], body["sync"]["flagged"]) == (0, 0, 0)
     assert "very-secret-value" not in response.text
     listed = (await gateway.http.get("/admin/servers")).text
     assert "very-secret-value" not in listed
@@ -78,6 +88,8 @@ async def test_register_sync_and_hide_secrets(gateway: Gateway) -> None:
     tools = (await gateway.http.get("/admin/tools", params={"server": "echo"})).json()
     assert tools["total"] == body["tool_count"]
     assert {t["exposed_name"] for t in tools["tools"]} >= {"echo__echo", "echo__add"}
+    # Every definition is scanned at sync: the echo server's are clean, so approved as listed.
+    assert all(t["findings"] == [] and t["approved"] and t["pending"] is None for t in tools["tools"])
     hits = await gateway.find("add two numbers together", 3)
     assert hits[0].tool.exposed_name == "echo__add"
 
@@ -208,7 +220,7 @@ async def test_list_changed_triggers_a_resync(gateway: Gateway) -> None:
 
 async def test_register_sync_call_on_each_database(database_url: str, tmp_path: Path) -> None:
     """The whole registry path on SQLite and on PostgreSQL, through a real gateway app."""
-    settings = Settings(data_dir=tmp_path / "d", database_url=database_url, sync_interval_s=0)
+    settings = Settings(data_dir=tmp_path / "d", database_url=database_url, sync_interval_s=0, auth="off")
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

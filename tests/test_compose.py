@@ -28,11 +28,13 @@ from typing import Any, ClassVar
 
 import anyio
 import httpx
+import httpx2
 import pytest
 import redis
 import redis.asyncio
 import yaml
 from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 from pydantic import AliasChoices
 from sqlalchemy.engine import make_url
 
@@ -190,9 +192,14 @@ def compose(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+# What docs/deploy.md tells an operator to add to .env: the bootstrap admin key.
+STACK_ADMIN_KEY = "tg_stack_admin_" + uuid.uuid4().hex
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_project(tmp_path_factory.mktemp("compose") / "stack", ENV_EXAMPLE.read_text())
+    env_text = ENV_EXAMPLE.read_text() + f"\nTOOLGATE_ADMIN_KEY={STACK_ADMIN_KEY}\n"
+    return make_project(tmp_path_factory.mktemp("compose") / "stack", env_text)
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +250,12 @@ def test_stack_shape(resolved: dict[str, Any]) -> None:
     assert env["QDRANT_URL"].startswith("http://qdrant:6333")
     assert env["TOOLGATE_HOST"] == "0.0.0.0"
     assert env["TOOLGATE_MIGRATE_ON_START"] == "true"
+    assert env["TOOLGATE_LOG_FORMAT"] == "json"
+    assert env["TOOLGATE_ADMIN_KEY"] == STACK_ADMIN_KEY  # .env reaches the container
+    data_dir = image_env()["TOOLGATE_DATA_DIR"]
+    assert any(str(v).split(":")[:2] == ["gateway_data", data_dir] for v in gateway["volumes"]), (
+        "the gateway's data dir (the credentials key file) is not on a named volume"
+    )
     assert gateway["ports"] == [f"127.0.0.1:8080:{env['TOOLGATE_PORT']}/tcp"]
     # A misspelt setting would be ignored by the gateway (extra="ignore"): catch it here.
     known = all_setting_env_names() | set(compose_variables()) | set(env_example())
@@ -571,7 +584,11 @@ def test_gateway_serves_with_the_compose_environment(
 @pytest.mark.e2e
 @pytest.mark.anyio
 async def test_mcp_client_through_the_stack_gateway(stack_gateway: StackGateway) -> None:
-    async with httpx.AsyncClient(base_url=stack_gateway.base, timeout=60) as http:
+    admin = {"Authorization": f"Bearer {STACK_ADMIN_KEY}"}
+    async with httpx.AsyncClient(base_url=stack_gateway.base, timeout=60) as anonymous:
+        refused = await anonymous.get("/admin/servers")
+        assert refused.status_code == 401  # auth is on in the stack
+    async with httpx.AsyncClient(base_url=stack_gateway.base, timeout=60, headers=admin) as http:
         response = await http.post(
             "/admin/servers",
             json={
@@ -602,7 +619,12 @@ async def test_mcp_client_through_the_stack_gateway(stack_gateway: StackGateway)
 
     conversation = None
     try:
-        async with Client(f"{stack_gateway.base}/mcp", mode="legacy") as client:  # initialize handshake
+        async with (
+            httpx2.AsyncClient(headers=admin, timeout=httpx2.Timeout(30.0, read=300.0)) as authed,
+            Client(
+                streamable_http_client(f"{stack_gateway.base}/mcp", http_client=authed), mode="legacy"
+            ) as client,
+        ):  # initialize handshake
             assert client.server_info is not None
             assert client.server_info.name == "toolgate"
             assert [tool.name for tool in (await client.list_tools()).tools] == META_TOOLS
@@ -632,5 +654,5 @@ async def test_mcp_client_through_the_stack_gateway(stack_gateway: StackGateway)
             await store.aclose()
     finally:
         if conversation is not None:
-            async with httpx.AsyncClient(base_url=stack_gateway.base, timeout=10) as http:
+            async with httpx.AsyncClient(base_url=stack_gateway.base, timeout=10, headers=admin) as http:
                 await http.delete(f"/admin/conversations/{conversation}")

@@ -114,3 +114,35 @@ async def test_hybrid_keeps_a_held_tool_that_the_search_returns_again(make_store
     working_set = await memory.get("c")
     assert working_set is not None
     assert working_set.tools["a"].last_returned_turn == 3
+
+
+async def test_each_turn_records_what_was_added_and_removed(make_store: StoreFactory) -> None:
+    memory = ConversationMemory(make_store(), mode="workflow", rules=PruneRules(idle_turns=0, capacity=8))
+    await memory.on_find("c", hits("a", "b"), query="first question")
+    await memory.on_find("c", hits("b", "c"), query="second question")
+    await memory.on_find("c", hits("c"), query="third", mode="autonomous")
+    await memory.forget("c", ["c", "missing"])
+    await memory.forget("c", ["missing"])  # removes nothing: no record
+    await memory.on_call("c", "z")  # a call of a tool not held adds it
+    await memory.on_call("c", "z")  # held already: no record
+    working_set = await memory.get("c")
+    assert working_set is not None
+    rows = [(r.turn, r.kind, r.query, r.added, r.removed, r.reasons) for r in working_set.history]
+    assert rows == [
+        (1, "find", "first question", ("a", "b"), (), ()),
+        (2, "find", "second question", ("c",), ("a",), ("idle",)),
+        (3, "find", "third", (), (), ()),  # autonomous: nothing is pruned
+        (3, "forget", "", (), ("c",), ("forgotten",)),
+        (3, "call", "", ("z",), (), ()),
+    ]
+    assert all(r.at > 0 for r in working_set.history)
+
+
+async def test_a_refused_turn_leaves_no_history(make_store: StoreFactory) -> None:
+    memory = ConversationMemory(make_store(), mode="autonomous", rules=PruneRules(capacity=2))
+    await memory.on_find("c", hits("a", "b"), query="q1")
+    with pytest.raises(WorkingSetFull):
+        await memory.on_find("c", hits("c"), query="q2")
+    working_set = await memory.get("c")
+    assert working_set is not None
+    assert [r.query for r in working_set.history] == ["q1"]

@@ -51,7 +51,7 @@ async def _find(client: Client, query: str, limit: int = 5) -> list[str]:
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["auto", "legacy"])  # 2026-07-28 (no sessions) and 2025-11-25 (sessions)
 async def test_find_and_call_over_streamable_http(gateway: RunningGateway, mode: str) -> None:
-    async with Client(gateway.mcp_url, mode=mode) as client:  # type: ignore[arg-type]
+    async with gateway.client(mode=mode) as client:
         listed = await client.list_tools()
         assert [t.name for t in listed.tools] == ["find_tools", "call_tool", "forget_tools"]
 
@@ -79,7 +79,7 @@ async def test_find_and_call_over_streamable_http(gateway: RunningGateway, mode:
 
 @pytest.mark.anyio
 async def test_faults_through_the_gateway_leave_it_serving(gateway: RunningGateway) -> None:
-    async with Client(gateway.mcp_url) as client:
+    async with gateway.client() as client:
         crashed = await client.call_tool("call_tool", {"name": "echo__crash", "arguments": {}})
         assert crashed.is_error
         wrong = await client.call_tool("call_tool", {"name": "echo__add", "arguments": {"a": "x", "b": 1}})
@@ -123,7 +123,19 @@ async def test_stdio_front_door_serves_servers_registered_over_rest(gateway: Run
             assert _text(echoed) == "Echo: stdio"
 
 
-def test_mcp_inspector_cli_lists_and_calls(gateway: RunningGateway) -> None:
+@pytest.fixture
+def open_gateway(tmp_path: Path) -> Iterator[RunningGateway]:
+    """A gateway with auth off (loopback): this Inspector CLI cannot send an Authorization header."""
+    running = RunningGateway(tmp_path / "open", {"TOOLGATE_AUTH": "off"})
+    running.register(
+        {"name": "everything", "command": node_command("mcp-server-everything"), "args": ["stdio"]}
+    )
+    yield running
+    running.stop()
+
+
+def test_mcp_inspector_cli_lists_and_calls(open_gateway: RunningGateway) -> None:
+    gateway = open_gateway
     node_command("mcp-inspector")
     base = [
         "npx",

@@ -66,3 +66,15 @@ def test_results_must_match_the_declared_output_schema() -> None:
     assert "no structured content" in (check_output(tool(SCHEMA, out), missing) or "")
     assert check_output(tool(SCHEMA, out), failed) is None  # errors are passed on as they are
     assert check_output(tool(SCHEMA), bad) is None  # no schema declared, nothing to hold it to
+
+
+def test_results_over_the_size_limit_become_an_error_naming_it() -> None:
+    from gateway.forwarder import check_size
+
+    small = types.CallToolResult(content=[types.TextContent(type="text", text="x" * 100)])
+    big = types.CallToolResult(content=[types.TextContent(type="text", text="x" * 5000)])
+    assert check_size(tool(SCHEMA), small, 1000) is None
+    problem = check_size(tool(SCHEMA), big, 1000)
+    assert problem is not None
+    assert "more than 1000 bytes" in problem
+    assert "TOOLGATE_MAX_RESULT_BYTES" in problem

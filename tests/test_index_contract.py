@@ -17,6 +17,7 @@ from retrieval.index import (
     IndexedTool,
     IndexFilter,
     IndexMismatchError,
+    IndexScope,
     VectorIndex,
     open_index,
     tool_payload,
@@ -188,6 +189,24 @@ FILTER_CASES: list[tuple[str, dict[str, Any], dict[str, Any], IndexFilter | None
         ),
     ),
     (
+        "scope_servers",
+        {"server": "noisy"},
+        {"server": "good"},
+        IndexFilter(scope=IndexScope(servers=frozenset({"good"}))),
+    ),
+    (
+        "scope_tools",
+        {"server": "good"},
+        {"server": "good"},
+        IndexFilter(scope=IndexScope(tool_ids=frozenset(f"far{i}" for i in range(FAR)) | {"missing"})),
+    ),
+    (
+        "scope_and_filters",
+        {"server": "good", "read_only": False},
+        {"server": "good", "read_only": True},
+        IndexFilter(read_only=True, scope=IndexScope(servers=frozenset({"good"}))),
+    ),
+    (
         "destructive_and_servers",
         {"server": "good", "destructive": True},
         {"server": "good"},
@@ -245,6 +264,41 @@ def test_empty_allow_lists_match_nothing(index: VectorIndex) -> None:
         assert index.search("description", query, LIMIT, flt) == []
         assert index.count(flt) == 0
     assert index.search("description", query, 0) == []
+
+
+def test_scope_is_servers_or_tools(index: VectorIndex) -> None:
+    """A scope grants the tools of its servers plus its named tools, and nothing near them."""
+    query, tools, allowed = needle_corpus({"server": "noisy"}, {})
+    half = FAR // 2
+    moved = [
+        IndexedTool(
+            t.tool_id, t.vectors, {**t.payload, "server": "good" if int(t.tool_id[3:]) < half else "other"}
+        )
+        if t.tool_id.startswith("far")
+        else t
+        for t in tools
+    ]
+    index.upsert(moved)
+    scope = IndexScope(servers=frozenset({"good"}), tool_ids=frozenset(f"far{i}" for i in range(half, FAR)))
+    flt = IndexFilter(scope=scope)
+    hits = index.search("description", query, LIMIT, flt)
+    assert [t for t, _ in hits] == exact_top(query, allowed, LIMIT)
+    assert index.count(flt) == FAR
+    everything = index.search("description", query, NEAR + FAR, flt)
+    assert {t for t, _ in everything} == set(allowed)
+    # AND with the other fields: the scope never widens a filter.
+    other = IndexFilter(servers=frozenset({"other", "noisy"}), scope=scope)
+    assert {t for t, _ in index.search("description", query, NEAR + FAR, other)} == {
+        f"far{i}" for i in range(half, FAR)
+    }
+    index.set_payload(["far0"], {"enabled": False})
+    assert "far0" not in {t for t, _ in index.search("description", query, NEAR + FAR, flt)}
+    assert index.count(flt) == FAR - 1
+    for empty in (IndexScope(), IndexScope(servers=frozenset(), tool_ids=frozenset())):
+        assert index.search("description", query, LIMIT, IndexFilter(scope=empty)) == []
+        assert index.count(IndexFilter(scope=empty)) == 0
+    unknown = IndexFilter(scope=IndexScope(servers=frozenset({"absent"}), tool_ids=frozenset({"missing"})))
+    assert index.search("description", query, LIMIT, unknown) == []
 
 
 # -- writes ------------------------------------------------------------------------------------

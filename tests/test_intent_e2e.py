@@ -44,7 +44,7 @@ async def test_read_requests_get_no_destructive_tools_and_see_their_intent(tmp_p
     gateway = RunningGateway(tmp_path / "data")
     try:
         gateway.register(NOTES)
-        async with Client(gateway.mcp_url, mode="legacy") as client:  # type: ignore[arg-type]
+        async with gateway.client(mode="legacy") as client:
             # Six tools, six asked for: only the two destructive ones are held back.
             read = await _find(client, "show me the text of my groceries note", 6)
             names = [card["name"] for card in read["tools"]]
@@ -73,7 +73,7 @@ async def test_read_requests_get_no_destructive_tools_and_see_their_intent(tmp_p
     off = RunningGateway(tmp_path / "data-off", {"TOOLGATE_INTENT_PARSER": "off"})
     try:
         off.register(NOTES)
-        async with Client(off.mcp_url, mode="legacy") as client:  # type: ignore[arg-type]
+        async with off.client(mode="legacy") as client:
             plain = await _find(client, "show me the text of my groceries note", 6)
             assert "intent" not in plain
             assert len(plain["tools"]) == 6
@@ -121,7 +121,7 @@ async def test_llm_parser_is_used_and_falls_back_with_a_reason(
         }
         stand_in.answer(Reply(json.dumps(answer)))
         stand_in.answer(Reply(status=500))
-        async with Client(gateway.mcp_url, mode="legacy") as client:  # type: ignore[arg-type]
+        async with gateway.client(mode="legacy") as client:
             used = await _find(client, query, 4)
             assert used["intent"]["parser"] == "llm"
             assert used["intent"]["fallback_reason"] is None
@@ -139,6 +139,6 @@ async def test_llm_parser_is_used_and_falls_back_with_a_reason(
         assert body["messages"][-1]["content"] == query
     finally:
         gateway.stop()
-        logs = gateway.process.stderr.read() if gateway.process.stderr else ""
+        logs = gateway.log_text()
     assert "HTTP 500 from the endpoint" in logs  # the fallback is logged...
     assert API_KEY not in logs  # ...and the key never is

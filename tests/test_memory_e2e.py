@@ -9,7 +9,6 @@ from typing import Any
 
 import anyio
 import pytest
-from mcp import Client
 
 from tests.memory_fixtures import PrivateRedis
 from tests.running import RunningGateway
@@ -40,7 +39,7 @@ async def test_two_gateways_share_working_sets(tmp_path: Path, redis_url: str) -
         for gateway in gateways:
             gateway.register(ECHO)
         sizes: list[int] = []
-        async with Client(gateways[0].mcp_url) as first, Client(gateways[1].mcp_url) as second:
+        async with gateways[0].client() as first, gateways[1].client() as second:
             clients = [first, second]
             limit = anyio.Semaphore(32)
 
@@ -83,7 +82,7 @@ async def test_redis_restart_mid_conversation(tmp_path: Path, private_redis: Pri
     try:
         gateway.register(ECHO)
         arguments: dict[str, Any] = {"query": "add two numbers", "limit": 2, "conversation": "chat"}
-        async with Client(gateway.mcp_url) as client:
+        async with gateway.client() as client:
             before = await client.call_tool("find_tools", arguments)
             assert before.structured_content is not None
             assert before.structured_content["memory"]["count"] == 2

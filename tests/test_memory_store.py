@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from gateway.memory import (
+    HISTORY_LIMIT,
     CapacityError,
     Change,
     ConflictError,
@@ -23,10 +24,12 @@ from gateway.memory import (
     MemoryUnavailableError,
     RedisWorkingSetStore,
     ToolEntry,
+    TurnRecord,
     WorkingSet,
     WorkingSetStore,
+    with_record,
 )
-from gateway.memory.store import encode
+from gateway.memory.store import HISTORY_QUERY_CHARS, decode, encode
 from tests.memory_fixtures import PrivateRedis, StoreFactory
 from tests.support import PYTHON, ROOT, free_port
 
@@ -90,6 +93,78 @@ async def test_update_then_get_round_trips_every_field(make_store: StoreFactory)
     assert stored is not None
     assert stored.tools["srv__a"] == full
     assert (stored.turn, stored.mode, len(stored)) == (3, "workflow", 2)
+
+
+async def test_turn_history_round_trips_and_stays_bounded(make_store: StoreFactory) -> None:
+    store = make_store()
+    first = TurnRecord(
+        turn=1,
+        at=1700000000.5,
+        kind="find",
+        query="ünïcode query " + "x" * 400,
+        added=("srv__a", "srv__b"),
+        removed=("srv__old",),
+        reasons=("idle",),
+    )
+
+    def record(working_set: WorkingSet) -> Change[None]:
+        turn = working_set.turn + 1
+        entry_ = TurnRecord(
+            turn=turn, at=1700000000.0 + turn, kind="forget", removed=("x",), reasons=("forgotten",)
+        )
+        return Change(with_record(dataclasses.replace(working_set, turn=turn), entry_), None)
+
+    change = await store.update("c", lambda ws: Change(with_record(ws, first), None))
+    stored = await store.get("c")
+    assert stored == change.working_set
+    assert stored is not None
+    (kept,) = stored.history
+    assert len(kept.query) == HISTORY_QUERY_CHARS
+    assert kept.query.startswith("ünïcode query x")
+    assert kept.query.endswith("…")
+    assert (kept.kind, kept.added, kept.removed, kept.reasons) == (
+        "find",
+        ("srv__a", "srv__b"),
+        ("srv__old",),
+        ("idle",),
+    )
+    for _ in range(HISTORY_LIMIT + 5):
+        await store.update("c", record)
+    stored = await store.get("c")
+    assert stored is not None
+    assert len(stored.history) == HISTORY_LIMIT  # the oldest records are dropped
+    assert [r.turn for r in stored.history] == list(range(6, HISTORY_LIMIT + 6))
+    # The store enforces the bound too, whatever an update function hands it.
+    many = tuple(TurnRecord(turn=i, at=0.0, kind="find") for i in range(HISTORY_LIMIT * 2))
+    await store.update("d", lambda ws: Change(dataclasses.replace(ws, history=many), None))
+    stored = await store.get("d")
+    assert stored is not None
+    assert stored.history == many[-HISTORY_LIMIT:]
+
+
+async def test_working_sets_stored_before_the_history_still_read(make_store: StoreFactory) -> None:
+    """A document written by a gateway without turn history (no "h" key) reads as an empty
+    history, and an update keeps its tools."""
+    old = {
+        "v": 1,
+        "turn": 4,
+        "mode": None,
+        "at": 1700000000.0,
+        "tools": {"srv__a": [1.0, 1, 0.5, None, None, None, None]},
+    }
+    raw = json.dumps(old).encode()
+    decoded = decode(raw)
+    assert (decoded.turn, list(decoded.tools), decoded.history) == (4, ["srv__a"], ())
+    assert b'"h"' not in encode(decoded)  # an empty history adds nothing to the document
+    store = make_store()
+
+    def seed(working_set: WorkingSet) -> Change[None]:
+        return Change(decoded, None)
+
+    await store.update("legacy", seed)
+    stored = await store.get("legacy")
+    assert stored is not None
+    assert (stored.turn, stored.history) == (4, ())
 
 
 async def test_update_sees_the_previous_state(make_store: StoreFactory) -> None:
@@ -280,6 +355,7 @@ async def test_redis_layout_is_namespaced_compact_json_with_ttl(redis_url: str, 
         assert b" " not in raw
         document = json.loads(raw)
         assert (document["v"], document["turn"], list(document["tools"])) == (1, 1, ["srv__tool"])
+        assert "h" not in document  # no history was recorded: the layout is unchanged
         assert 0 < client.pttl(f"{namespace}:ws:c/1") <= 300_000
         assert client.zrange(f"{namespace}:ws-index", 0, -1) == [b"c/1"]
     finally:

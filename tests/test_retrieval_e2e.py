@@ -12,10 +12,9 @@ from typing import Any
 
 import anyio
 import pytest
-from mcp import Client
 
 from tests.running import TOOLGATE, RunningGateway
-from tests.support import PYTHON, ROOT, console_script, node_command
+from tests.support import PYTHON, ROOT, console_script, node_command, wait_until
 from tests.test_servers_selfcheck import ListChangedWatcher
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
@@ -69,7 +68,7 @@ async def test_find_call_learn_filter_and_restart(tmp_path: Path) -> None:
         add_id = _tool_id(gateway, "echo__add")
         assert _usage(gateway, add_id) == 0
 
-        async with Client(gateway.mcp_url, mode="legacy") as client:  # type: ignore[arg-type]
+        async with gateway.client(mode="legacy") as client:
             found = _cards(await client.call_tool("find_tools", {"query": "sum of two integers", "limit": 3}))
             assert found[0]["name"] == "echo__add"
             assert found[0]["why"], found[0]
@@ -81,7 +80,7 @@ async def test_find_call_learn_filter_and_restart(tmp_path: Path) -> None:
             assert _usage(gateway, add_id) == 0
             ok = await client.call_tool("call_tool", {"name": "echo__add", "arguments": {"a": 2, "b": 3}})
             assert not ok.is_error
-            assert _usage(gateway, add_id) == 1
+            await wait_until(lambda: _usage(gateway, add_id) == 1)  # recorded off the call's path
             await client.call_tool("call_tool", {"name": "echo__add", "arguments": {"a": 1, "b": 1}})
             assert _usage(gateway, add_id) == 1
 
@@ -108,7 +107,7 @@ async def test_find_call_learn_filter_and_restart(tmp_path: Path) -> None:
 
         # Sessionless clients get a conversation id from find_tools and pass it back; the
         # working set follows it (workflow mode by default) and can be trimmed by the model.
-        async with Client(gateway.mcp_url) as client:
+        async with gateway.client() as client:
             first = await client.call_tool("find_tools", {"query": "current time in a timezone", "limit": 2})
             payload = first.structured_content
             assert payload is not None
@@ -135,7 +134,7 @@ async def test_find_call_learn_filter_and_restart(tmp_path: Path) -> None:
         assert gateway.http.get(f"/admin/conversations/{handle}").status_code == 404
 
         # An explicit conversation id links find and call on the sessionless protocol too.
-        async with Client(gateway.mcp_url) as client:
+        async with gateway.client() as client:
             cards = _cards(
                 await client.call_tool(
                     "find_tools", {"query": "add two numbers", "limit": 3, "conversation": "chat-1"}
@@ -145,7 +144,7 @@ async def test_find_call_learn_filter_and_restart(tmp_path: Path) -> None:
             await client.call_tool(
                 "call_tool", {"name": "echo__add", "arguments": {"a": 4, "b": 4}, "conversation": "chat-1"}
             )
-            assert _usage(gateway, add_id) == 2
+            await wait_until(lambda: _usage(gateway, add_id) == 2)
             bad_id = await client.call_tool("find_tools", {"query": "x", "conversation": ""})
             assert bad_id.is_error
 
@@ -154,7 +153,7 @@ async def test_find_call_learn_filter_and_restart(tmp_path: Path) -> None:
         patched = gateway.http.patch(f"/admin/servers/{servers['time']}", json={"category": "clock"})
         assert patched.status_code == 200
         assert patched.json()["category"] == "clock"
-        async with Client(gateway.mcp_url) as client:
+        async with gateway.client() as client:
             clock = _cards(
                 await client.call_tool(
                     "find_tools", {"query": "add numbers", "category": "clock", "limit": 5}
@@ -192,7 +191,7 @@ async def test_find_call_learn_filter_and_restart(tmp_path: Path) -> None:
         assert after["embedded_since_start"] == 0
         assert _usage(gateway, add_id) == 2
         assert _usage(gateway, echo_id) == 2
-        async with Client(gateway.mcp_url) as client:
+        async with gateway.client() as client:
             found = _cards(await client.call_tool("find_tools", {"query": "sum of two integers", "limit": 3}))
             assert found[0]["name"] == "echo__add"
         # `toolgate search` beside the running gateway: its index is in use, so the command
@@ -231,7 +230,7 @@ async def test_dynamic_listing_follows_the_working_set(tmp_path: Path) -> None:
     try:
         gateway.register(_servers()[0])  # echo
         watcher = ListChangedWatcher()
-        async with Client(gateway.mcp_url, mode="legacy", message_handler=watcher) as client:  # type: ignore[arg-type]
+        async with gateway.client(mode="legacy", message_handler=watcher) as client:
             listed = [t.name for t in (await client.list_tools()).tools]
             assert listed == ["find_tools", "call_tool", "forget_tools"]
 

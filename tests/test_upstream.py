@@ -6,7 +6,9 @@ import os
 from collections.abc import AsyncIterator, Iterator
 
 import anyio
+import mcp_types as types
 import pytest
+from mcp import Client
 
 from gateway.upstream import UpstreamError, UpstreamPool
 from registry.specs import ServerSpec
@@ -206,3 +208,210 @@ async def test_hanging_handshake_is_bounded_by_the_connect_timeout() -> None:
         with pytest.raises(UpstreamError, match="cannot connect"):
             await pool.list_tools(spec)
         assert anyio.current_time() - started < 8  # not the SDK's fixed 10 s discovery probe
+
+
+# -- concurrency, request metadata and draining (tests/servers/slow_server.py) --------------------
+
+
+def slow_stdio_spec(name: str = "slow") -> ServerSpec:
+    return ServerSpec(name=name, command=PYTHON, args=["-m", "tests.servers.slow_server"], cwd=str(ROOT))
+
+
+@pytest.fixture
+def slow_http() -> Iterator[ServerProcess]:
+    server = ServerProcess([PYTHON, "-m", "tests.servers.slow_server", "--transport", "http", "--port", "0"])
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _events(result: types.CallToolResult) -> list[str]:
+    assert result.structured_content is not None
+    events: list[str] = result.structured_content["events"]
+    return events
+
+
+async def test_third_call_waits_for_a_slot_with_concurrency_two(slow_http: ServerProcess) -> None:
+    spec = ServerSpec(name="slow", transport="http", url=slow_http.url)
+    answers: dict[str, str] = {}
+
+    async def hold(tag: str) -> None:
+        result = await limited.call_tool(spec, "hold", {"tag": tag})
+        answers[tag] = result.content[0].text  # type: ignore[union-attr]
+
+    async with (
+        UpstreamPool(connect_timeout=20, call_timeout=30, concurrency=2, idle_timeout=0) as limited,
+        Client(slow_http.url) as direct,  # a second session, outside the pool's limit
+    ):
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as group:
+                for tag in ("a", "b", "c"):
+                    group.start_soon(hold, tag)
+                running = _events(await direct.call_tool("wait_started", {"count": 2}))
+                await wait_until(lambda: limited.status("slow").waiting == 1)
+                assert limited.status("slow").in_flight == 3
+                assert len(running) == 2  # the third is queued in the gateway, not upstream
+                first, second = (event.removeprefix("start:") for event in running)
+                (third,) = {"a", "b", "c"} - {first, second}
+
+                await direct.call_tool("release", {"tag": first})
+                events = _events(await direct.call_tool("wait_started", {"count": 3}))
+                assert events.index(f"start:{third}") > events.index(f"end:{first}")
+                for tag in (second, third):
+                    await direct.call_tool("release", {"tag": tag})
+    assert answers == {tag: f"released {tag}" for tag in "abc"}
+    assert limited.status("slow").in_flight == 0
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+async def test_request_meta_reaches_the_upstream(
+    pool: UpstreamPool, slow_http: ServerProcess, transport: str
+) -> None:
+    spec = (
+        slow_stdio_spec()
+        if transport == "stdio"
+        else ServerSpec(name="slow", transport="http", url=slow_http.url)
+    )
+    meta = {
+        "toolgate/request_id": "req-42",
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    }
+    result = await pool.call_tool(spec, "meta", {}, meta=meta)
+    assert result.structured_content is not None
+    received = result.structured_content["meta"]
+    assert {key: received.get(key) for key in meta} == meta
+    plain = await pool.call_tool(spec, "meta", {})
+    assert plain.structured_content is not None
+    assert "toolgate/request_id" not in plain.structured_content["meta"]
+
+
+async def test_leaving_the_pool_drains_calls_in_flight(slow_http: ServerProcess) -> None:
+    spec = ServerSpec(name="slow", transport="http", url=slow_http.url)
+    pool = UpstreamPool(connect_timeout=20, call_timeout=30, idle_timeout=0, drain_timeout=20)
+    answers: list[str] = []
+
+    async def hold() -> None:
+        result = await pool.call_tool(spec, "hold", {"tag": "drain"})
+        answers.append(result.content[0].text)  # type: ignore[union-attr]
+
+    async def release_once_closing(direct: Client) -> None:
+        await wait_until(lambda: pool.closing)
+        with pytest.raises(UpstreamError, match="the gateway is shutting down"):
+            await pool.call_tool(spec, "sleep", {"seconds": 0})
+        with pytest.raises(UpstreamError, match="the gateway is shutting down"):
+            await pool.list_tools(spec)
+        assert not answers  # still draining
+        await direct.call_tool("release", {"tag": "drain"})
+
+    with anyio.fail_after(30):
+        async with Client(slow_http.url) as direct, anyio.create_task_group() as group:
+            async with pool:
+                group.start_soon(hold)
+                await direct.call_tool("wait_started", {"count": 1})
+                group.start_soon(release_once_closing, direct)
+            # The pool has closed, and only after the held call finished.
+            assert answers == ["released drain"]
+            assert pool.stats()["connections"] == 0
+
+
+async def test_drain_gives_up_after_its_timeout_and_stops_the_process() -> None:
+    pool = UpstreamPool(connect_timeout=20, call_timeout=60, idle_timeout=0, drain_timeout=0.5)
+    outcome: list[BaseException] = []
+
+    async def hold_forever() -> None:
+        try:
+            await pool.call_tool(slow_stdio_spec(), "hold", {"tag": "never"})
+        except UpstreamError as exc:
+            outcome.append(exc)
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as group:
+            async with pool:
+                group.start_soon(hold_forever)
+                await wait_until(lambda: pool.status("slow").in_flight == 1)
+                assert children_of(os.getpid())
+                started = anyio.current_time()
+            assert 0.5 <= anyio.current_time() - started < 10  # it waited, then gave up
+    assert len(outcome) == 1  # the cut call gets an error, not a hang
+    await wait_until(lambda: not children_of(os.getpid()), timeout=10)
+
+
+# -- bounded answers and garbage (tests/servers/faulty_server.py, gateway/stdio_transport.py) ---
+
+
+def faulty_stdio_spec(name: str = "faulty") -> ServerSpec:
+    return ServerSpec(name=name, command=PYTHON, args=["-m", "tests.servers.faulty_server"], cwd=str(ROOT))
+
+
+@pytest.fixture
+def faulty_http() -> Iterator[ServerProcess]:
+    server = ServerProcess(
+        [PYTHON, "-m", "tests.servers.faulty_server", "--transport", "http", "--port", "0"]
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+async def test_an_answer_over_the_limit_fails_fast_and_the_session_survives(
+    faulty_http: ServerProcess, transport: str
+) -> None:
+    spec = (
+        faulty_stdio_spec()
+        if transport == "stdio"
+        else ServerSpec(name="faulty", transport="http", url=faulty_http.url)
+    )
+    async with UpstreamPool(
+        connect_timeout=20, call_timeout=10, idle_timeout=0, max_result_bytes=100_000
+    ) as pool:
+        first = await pool.call_tool(spec, "ok", {"text": "before"})
+        small = await pool.call_tool(spec, "huge", {"mb": 0.05})  # ~52 kB: under the limit
+        assert len(small.content[0].text) == 52428  # type: ignore[union-attr]
+        started = anyio.current_time()
+        with pytest.raises(UpstreamError, match=r"more than 100000 bytes.*TOOLGATE_MAX_RESULT_BYTES"):
+            await pool.call_tool(spec, "huge", {"mb": 20})
+        assert anyio.current_time() - started < 5  # not the SDK's quadratic 40 s for 50 MB
+        after = await pool.call_tool(spec, "ok", {"text": "after"})
+        assert after.content[0].text == "after"  # type: ignore[union-attr]
+        assert first.content[0].text == "before"  # type: ignore[union-attr]
+        assert pool.status("faulty").circuit.consecutive_failures == 0  # it answered: no failure
+        assert pool.status("faulty").connect_attempts == 1  # the same session throughout
+
+
+async def test_garbage_on_stdout_is_named_in_the_timeout_error(pool: UpstreamPool) -> None:
+    spec = faulty_stdio_spec("noisy")
+    await pool.call_tool(spec, "ok", {"text": "x"})
+    with (
+        anyio.fail_after(15),
+        pytest.raises(
+            UpstreamError, match=r"within 0\.5s \(meanwhile it sent \d+ messages that are not JSON-RPC\)"
+        ),
+    ):
+        await pool.call_tool(spec, "garbage", {}, time_limit=0.5)
+    assert (await pool.call_tool(spec, "ok", {"text": "y"})).content[0].text == "y"  # type: ignore[union-attr]
+
+
+async def test_output_that_breaks_its_schema_says_so(pool: UpstreamPool) -> None:
+    with pytest.raises(UpstreamError, match="breaks its own output schema"):
+        await pool.call_tool(faulty_stdio_spec(), "bad_output", {})
+
+
+def test_the_line_reader_is_bounded_and_keeps_in_step() -> None:
+    from gateway.stdio_transport import _LineReader, _too_large
+
+    reader = _LineReader(limit=100)
+    assert reader.feed(b'{"a":1}\n{"b"') == [b'{"a":1}']
+    assert reader.feed(b":2}\n") == [b'{"b":2}']
+    head = b'{"jsonrpc":"2.0","id":7,"result":'
+    assert reader.feed(head) == []
+    skipped = reader.feed(b"x" * 1000)[0]  # reported as soon as it passes the limit
+    assert isinstance(skipped, tuple)
+    assert reader.feed(b"x" * 1000) == []  # the rest is dropped as it streams: nothing buffered
+    assert len(reader._buffer) == 0
+    assert reader.feed(b'"}\n{"c":3}\n') == [b'{"c":3}']
+    error = _too_large(skipped[0], 100)
+    assert not isinstance(error, Exception)
+    assert error.message.id == 7  # type: ignore[union-attr]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gateway.learning import UsageLearner
 from retrieval.fusion import hierarchical, normalise_max, normalise_range, rrf, server_support, top
 from retrieval.usage import MAX_USAGE_WEIGHT, MemoryUsageStore, add_use, blended_vector, learn, usage_weight
 
@@ -60,17 +59,6 @@ def test_hierarchical_needs_both_signals() -> None:
     assert hierarchical(-1.0, 0.9) == 0.0
     assert normalise_max({"a": 2.0, "b": 1.0}) == {"a": 1.0, "b": 0.5}
     assert normalise_max({"a": 0.0}) == {"a": 0.0}
-
-
-def test_live_learning_counts_only_offered_tools_once_and_caps() -> None:
-    learner = UsageLearner(max_uses=2)
-    learner.found("c1", unit(1, 0), ["t1", "t2", "t3"])
-    assert learner.used("c1", "t9") is None  # never offered
-    assert learner.used("c2", "t1") is None  # another conversation
-    assert learner.used("c1", "t1") is not None
-    assert learner.used("c1", "t1") is None  # counted once per find
-    assert learner.used("c1", "t2") is not None
-    assert learner.used("c1", "t3") is None  # cap reached
 
 
 def test_range_scaling_and_server_support() -> None:

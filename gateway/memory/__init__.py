@@ -7,6 +7,7 @@ from gateway.memory.redis_store import RedisWorkingSetStore
 from gateway.memory.store import (
     DEFAULT_CAPACITY,
     DEFAULT_TTL_S,
+    HISTORY_LIMIT,
     CapacityError,
     Change,
     ConflictError,
@@ -18,13 +19,17 @@ from gateway.memory.store import (
     Mode,
     SummaryPage,
     ToolEntry,
+    TurnKind,
+    TurnRecord,
     WorkingSet,
     WorkingSetStore,
+    with_record,
 )
 
 __all__ = [
     "DEFAULT_CAPACITY",
     "DEFAULT_TTL_S",
+    "HISTORY_LIMIT",
     "CapacityError",
     "Change",
     "ConflictError",
@@ -38,9 +43,12 @@ __all__ = [
     "RedisWorkingSetStore",
     "SummaryPage",
     "ToolEntry",
+    "TurnKind",
+    "TurnRecord",
     "WorkingSet",
     "WorkingSetStore",
     "open_store",
+    "with_record",
 ]
 
 

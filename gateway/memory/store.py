@@ -11,7 +11,7 @@ import binascii
 import json
 import unicodedata
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Literal, Protocol, TypeVar, get_args
 
 Mode = Literal["autonomous", "workflow", "hybrid"]
@@ -19,6 +19,12 @@ MODES: tuple[Mode, ...] = get_args(Mode)
 DEFAULT_CAPACITY = 128
 DEFAULT_TTL_S = 3600.0
 MAX_CONVERSATION_LENGTH = 128
+# Per-conversation turn history kept with the working set, for operators (the console): the
+# last HISTORY_LIMIT changes, each query cut to HISTORY_QUERY_CHARS, so a set stays small.
+HISTORY_LIMIT = 50
+HISTORY_QUERY_CHARS = 160
+TurnKind = Literal["find", "call", "forget"]
+TURN_KINDS: tuple[TurnKind, ...] = get_args(TurnKind)
 
 R = TypeVar("R")
 
@@ -80,14 +86,31 @@ class ToolEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class TurnRecord:
+    """What one change did to a working set: a `find` turn (its query, the tools it added and
+    the ones pruned), a `call` that added the tool it ran, or a `forget`. `reasons` parallels
+    `removed` ("idle", "irrelevant", "capacity", "forgotten")."""
+
+    turn: int
+    at: float
+    kind: TurnKind
+    query: str = ""
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class WorkingSet:
-    """A conversation's tools by exposed name, its turn counter and mode override. Treat as
-    immutable: update functions return a new one (`dataclasses.replace`)."""
+    """A conversation's tools by exposed name, its turn counter, mode override and the history
+    of its recent changes (oldest first, at most `HISTORY_LIMIT`). Treat as immutable: update
+    functions return a new one (`dataclasses.replace`)."""
 
     tools: Mapping[str, ToolEntry] = field(default_factory=dict)
     turn: int = 0
     mode: Mode | None = None
     updated_at: float = 0.0
+    history: tuple[TurnRecord, ...] = ()
 
     def __len__(self) -> int:
         return len(self.tools)
@@ -165,8 +188,23 @@ def checked_change(conversation: str, change: Change[R], capacity: int, now: flo
         raise CapacityError(conversation, len(new.tools), capacity)
     if new.mode is not None and new.mode not in MODES:
         raise ValueError(f"unknown mode {new.mode!r}")
-    stamped = WorkingSet(tools=dict(new.tools), turn=new.turn, mode=new.mode, updated_at=now)
+    stamped = WorkingSet(
+        tools=dict(new.tools),
+        turn=new.turn,
+        mode=new.mode,
+        updated_at=now,
+        history=tuple(new.history)[-HISTORY_LIMIT:],
+    )
     return Change(stamped, change.result)
+
+
+def with_record(working_set: WorkingSet, record: TurnRecord) -> WorkingSet:
+    """The working set with `record` appended to its history (the oldest dropped past the
+    limit; the query cut to `HISTORY_QUERY_CHARS`)."""
+    if len(record.query) > HISTORY_QUERY_CHARS:
+        record = replace(record, query=record.query[: HISTORY_QUERY_CHARS - 1] + "…")
+    history = (*working_set.history, record)[-HISTORY_LIMIT:]
+    return replace(working_set, history=history)
 
 
 # Compact JSON: each tool is a fixed-order array, so 128 tools stay a few kilobytes.
@@ -179,6 +217,8 @@ _ENTRY_FIELDS = (
     "last_called_at",
     "last_called_turn",
 )
+# The history ("h") was added without a version bump: documents without it read as an empty
+# history, and a reader that predates it ignores the key, so replicas can upgrade one by one.
 _VERSION = 1
 
 
@@ -186,14 +226,43 @@ def encode(working_set: WorkingSet) -> bytes:
     tools = {
         name: [getattr(entry, key) for key in _ENTRY_FIELDS] for name, entry in working_set.tools.items()
     }
-    document = {
+    document: dict[str, Any] = {
         "v": _VERSION,
         "turn": working_set.turn,
         "mode": working_set.mode,
         "at": working_set.updated_at,
         "tools": tools,
     }
+    if working_set.history:
+        document["h"] = [_encode_record(record) for record in working_set.history]
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _encode_record(record: TurnRecord) -> list[Any]:
+    return [
+        record.turn,
+        record.at,
+        record.kind,
+        record.query,
+        list(record.added),
+        list(record.removed),
+        list(record.reasons),
+    ]
+
+
+def _decode_record(values: list[Any]) -> TurnRecord:
+    turn, at, kind, query, added, removed, reasons = values
+    if kind not in TURN_KINDS:
+        raise ValueError(f"unknown turn kind {kind!r}")
+    return TurnRecord(
+        turn=int(turn),
+        at=float(at),
+        kind=kind,
+        query=str(query),
+        added=tuple(map(str, added)),
+        removed=tuple(map(str, removed)),
+        reasons=tuple(map(str, reasons)),
+    )
 
 
 def decode(raw: bytes | str) -> WorkingSet:
@@ -208,8 +277,13 @@ def decode(raw: bytes | str) -> WorkingSet:
         mode = document["mode"]
         if mode is not None and mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
+        history = tuple(_decode_record(values) for values in document.get("h", ()))
         return WorkingSet(
-            tools=tools, turn=int(document["turn"]), mode=mode, updated_at=float(document["at"])
+            tools=tools,
+            turn=int(document["turn"]),
+            mode=mode,
+            updated_at=float(document["at"]),
+            history=history,
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise MemoryStoreError(f"a stored working set could not be read: {exc}") from exc
