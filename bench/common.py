@@ -95,6 +95,7 @@ class GatewayProcess:
                     return
             except httpx.TransportError:
                 time.sleep(0.1)
+        self.stop()  # never leave a half-started gateway behind
         raise RuntimeError("gateway did not become ready")
 
     def stop(self) -> None:

@@ -97,7 +97,7 @@ def _import(settings: Settings, path: Path) -> int:
         return 2
 
     async def main() -> dict[str, Any]:
-        async with gateway_runtime(settings, sync_on_start=False) as service:
+        async with gateway_runtime(settings, sync_on_start=False, follow_registry=False) as service:
             outcome = await service.import_servers(specs)
             return {
                 "created": outcome.result.created,
@@ -114,7 +114,7 @@ def _sync(settings: Settings, name: str | None) -> int:
     from .runtime import gateway_runtime
 
     async def main() -> list[dict[str, Any]]:
-        async with gateway_runtime(settings, sync_on_start=False) as service:
+        async with gateway_runtime(settings, sync_on_start=False, follow_registry=False) as service:
             if name is None:
                 return [_report(r) for r in await service.sync_all()]
             server = await service.registry.find_server(name)
@@ -138,7 +138,7 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
 
     async def main() -> list[dict[str, Any]]:
         quiet = settings.model_copy(update={"sync_interval_s": 0, "demo": False})
-        async with gateway_runtime(quiet, sync_on_start=False) as service:
+        async with gateway_runtime(quiet, sync_on_start=False, follow_registry=False) as service:
             hits = (await service.find_tools(args.query, args.limit, filters)).hits
             return [
                 {

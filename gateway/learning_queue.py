@@ -57,7 +57,10 @@ class LearningQueue:
         try:
             while True:
                 first = await self._receive.receive()
-                await self._record([first, *self._take(self._batch - 1)])
+                # A batch is written whole: cancelling a database write midway leaves SQLAlchemy
+                # a connection to terminate, which can hang the process's exit.
+                with anyio.CancelScope(shield=True):
+                    await self._record([first, *self._take(self._batch - 1)])
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(10):
                 while left := self._take(self._batch):

@@ -80,7 +80,10 @@ class RegistryWatcher:
         failing = False
         while True:
             try:
-                await self.check()
+                # Never cancelled mid-query: SQLAlchemy then terminates the connection with a
+                # close task that can outlive the event loop and hang the process's exit.
+                with anyio.move_on_after(10, shield=True):
+                    await self.check()
                 if failing:
                     logger.info("registry watch: the database answers again")
                 failing = False

@@ -92,17 +92,21 @@ async def _sync_forever(service: GatewayService, interval: float) -> None:
 
 
 @asynccontextmanager
-async def gateway_runtime(settings: Settings, *, sync_on_start: bool = True) -> AsyncIterator[GatewayService]:
+async def gateway_runtime(
+    settings: Settings, *, sync_on_start: bool = True, follow_registry: bool = True
+) -> AsyncIterator[GatewayService]:
     """Everything the gateway needs, alive for the duration of the `async with` block."""
     cipher = credentials_cipher(settings)  # first: a bad key must stop us before any work
     with cipher.redactor.installed():  # no log record of this process carries a credential
-        async with _gateway_runtime(settings, cipher, sync_on_start=sync_on_start) as service:
+        async with _gateway_runtime(
+            settings, cipher, sync_on_start=sync_on_start, follow_registry=follow_registry
+        ) as service:
             yield service
 
 
 @asynccontextmanager
 async def _gateway_runtime(
-    settings: Settings, cipher: CredentialCipher, *, sync_on_start: bool
+    settings: Settings, cipher: CredentialCipher, *, sync_on_start: bool, follow_registry: bool
 ) -> AsyncIterator[GatewayService]:
     if settings.migrate_on_start:
         await migrate(settings)
@@ -176,7 +180,7 @@ async def _gateway_runtime(
                     group.start_soon(service.sync_all)  # upstreams may have changed while we were down
                 if settings.sync_interval_s > 0:
                     group.start_soon(_sync_forever, service, settings.sync_interval_s)
-                if settings.registry_watch_s > 0:  # follow what other replicas change
+                if follow_registry and settings.registry_watch_s > 0:  # what other replicas change
                     watcher = RegistryWatcher(registry, service.catalog, interval_s=settings.registry_watch_s)
                     group.start_soon(watcher.run)
                 try:
