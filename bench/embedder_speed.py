@@ -2,12 +2,18 @@
 
 For each runtime, in its own child process (so start-up time and peak RSS are its own):
 texts/s at batch 64 over ~1,000 real tool descriptions (ToolBench and toolsdk, cut to ~200
-characters), and the latency of ~200 single ToolBench queries, one at a time, as written
-(~250 characters) and cut to ~60 characters. The parent then
+characters), and the latency of 300 single ToolBench queries, one at a time, as written
+(~250 characters, median 57 word pieces) and cut to ~60 characters. The parent then
 compares each ONNX variant's vectors with torch's (min/mean cosine). Exports are made first,
 in a child of their own, into the embedder cache (reused when present).
 
-    .venv/bin/python -m bench.embedder_speed [--tools 1000] [--queries 200] [--cache-dir DIR]
+The int8 child also times, interleaved query by query in the same process (so the shared
+machine's load hits all alike): the same export on one intra-op thread, and, with
+``--baseline DIR``, another int8 export directory (e.g. one of an older EXPORT_REVISION, whose
+export.json is read as is), reporting both and the speed-up of the current export.
+
+    .venv/bin/python -m bench.embedder_speed [--tools 1000] [--queries 300] [--cache-dir DIR]
+        [--baseline EXPORT_DIR]
 
 Saves bench/results/embedder_speed.json. Not a test: it never fails on a slow number.
 """
@@ -26,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, machine, save, shared_data, summary_ms
+from bench.common import ROOT, machine, percentile, save, shared_data, summary_ms
 
 RUNTIMES = ("torch", "onnx-fp32", "onnx-int8")
 TEXT_CHARS = 200
@@ -60,11 +66,64 @@ def queries(count: int) -> list[str]:
 # --- child: one runtime ------------------------------------------------------------------
 
 
-def child(runtime: str, cache_dir: Path, tools: int, n_queries: int, vectors_out: Path) -> dict[str, Any]:
+def latency_ms(values_s: list[float]) -> dict[str, float]:
+    """summary_ms plus p90, which the latency target is read against besides p50."""
+    return {**summary_ms(values_s), "p90": round(percentile([v * 1000 for v in values_s], 90), 3)}
+
+
+def load_export_as_is(export_dir: Path, threads: int | None = None) -> Any:
+    """An OnnxEmbedder over ``export_dir`` whatever its revision (for the baseline only)."""
+    from retrieval.embedder import OnnxEmbedder
+
+    info = json.loads((export_dir / "export.json").read_text())
+    return OnnxEmbedder(export_dir, info, threads=threads)
+
+
+def interleaved(
+    embedders: dict[str, Any], texts: list[str], asked: list[str], batch_passes: int = 3
+) -> dict[str, Any]:
+    """Single-query latency and batch texts/s of several embedders, taking turns query by query
+    and pass by pass (rotating who goes first), so load changes hit all of them alike."""
+    names = list(embedders)
+    for embedder in embedders.values():  # warm-up
+        embedder.encode(texts[:128], batch_size=64)
+        for query in asked[:20]:
+            embedder.encode([query])
+    latencies: dict[str, list[float]] = {name: [] for name in names}
+    for i, query in enumerate(asked):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            begin = time.perf_counter()
+            embedders[name].encode([query])
+            latencies[name].append(time.perf_counter() - begin)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(batch_passes):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            begin = time.perf_counter()
+            embedders[name].encode(texts, batch_size=64)
+            rates[name].append(round(len(texts) / (time.perf_counter() - begin), 1))
+    return {
+        name: {
+            "model_id": embedders[name].model_id,
+            "single_query_ms": latency_ms(latencies[name]),
+            "texts_per_s_median": sorted(rates[name])[len(rates[name]) // 2],
+            "texts_per_s_passes": rates[name],
+        }
+        for name in names
+    }
+
+
+def child(
+    runtime: str,
+    cache_dir: Path,
+    tools: int,
+    n_queries: int,
+    vectors_out: Path,
+    baseline: Path | None = None,
+) -> dict[str, Any]:
     started = time.perf_counter()
     import numpy as np
 
-    from retrieval.embedder import Embedder, TorchEmbedder, load_onnx
+    from retrieval.embedder import Embedder, OnnxEmbedder, TorchEmbedder, load_onnx
 
     embedder: Embedder
     if runtime == "torch":
@@ -91,16 +150,48 @@ def child(runtime: str, cache_dir: Path, tools: int, n_queries: int, vectors_out
         embedder.encode([text])
         short_latencies.append(time.perf_counter() - begin)
     np.savez(vectors_out, tools=batch_vectors, queries=np.vstack(single_vectors))
+    # Before the interleaved comparison, whose extra sessions would count in the peak.
+    peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    extra: dict[str, Any] = {}
+    if runtime == "onnx-int8":
+        assert isinstance(embedder, OnnxEmbedder)
+        others: dict[str, Any] = {"current": embedder}
+        others["current-1-thread"] = OnnxEmbedder(embedder.export_dir, embedder.info, threads=1)
+        if baseline is not None:
+            others["baseline"] = load_export_as_is(baseline)
+            others["baseline-1-thread"] = load_export_as_is(baseline, threads=1)
+        found = interleaved(others, texts, asked)
+        if baseline is not None:
+            found["baseline"]["export_dir"] = str(baseline)
+            for suffix in ("", "-1-thread"):
+                now, before = found[f"current{suffix}"], found[f"baseline{suffix}"]
+                found[f"speedup{suffix}"] = {
+                    "p50": round(before["single_query_ms"]["p50"] / now["single_query_ms"]["p50"], 3),
+                    "p90": round(before["single_query_ms"]["p90"] / now["single_query_ms"]["p90"], 3),
+                    "texts_per_s": round(now["texts_per_s_median"] / before["texts_per_s_median"], 3),
+                }
+            old = others["baseline"]
+            np.savez(
+                baseline_vectors(vectors_out),
+                tools=old.encode(texts, batch_size=64),
+                queries=np.vstack([old.encode([q])[0] for q in asked]),
+            )
+        extra["interleaved"] = found
     return {
+        **extra,
         "model_id": embedder.model_id,
         "load_s": round(load_s, 3),
         "texts_per_s": round(max(passes), 1),
         "texts_per_s_passes": [round(p, 1) for p in passes],
-        "single_query_ms": summary_ms(latencies),
-        "short_query_ms": summary_ms(short_latencies),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "single_query_ms": latency_ms(latencies),
+        "short_query_ms": latency_ms(short_latencies),
+        "peak_rss_mb": peak_rss_mb,
         "torch_imported": "torch" in sys.modules,
     }
+
+
+def baseline_vectors(vectors_out: Path) -> Path:
+    return vectors_out.with_name(f"baseline-{vectors_out.name}")
 
 
 def export_child(cache_dir: Path) -> dict[str, Any]:
@@ -182,13 +273,31 @@ def print_table(runs: dict[str, dict[str, Any]], cosines: dict[str, Any]) -> Non
         )
 
 
+def print_interleaved(found: dict[str, Any]) -> None:
+    print("\nonnx-int8, interleaved in one process:")
+    for name, row in found.items():
+        if name.startswith("speedup"):
+            print(
+                f"  {name:18} p50 x{row['p50']:.2f}  p90 x{row['p90']:.2f}  texts/s x{row['texts_per_s']:.2f}"
+            )
+        else:
+            latency = row["single_query_ms"]
+            print(
+                f"  {name:18} p50 {latency['p50']:6.2f} ms  p90 {latency['p90']:6.2f} ms  "
+                f"{row['texts_per_s_median']:6.1f} texts/s  {row['model_id']}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--tools", type=int, default=1000)
-    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--cache-dir", type=Path, default=None, help="export cache (default: the embedder's)")
+    parser.add_argument(
+        "--baseline", type=Path, default=None, help="an int8 export directory to time against, interleaved"
+    )
     parser.add_argument("--child", choices=[*RUNTIMES, "export"], help=argparse.SUPPRESS)
     parser.add_argument("--vectors", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -198,13 +307,16 @@ def main() -> None:
     if args.child == "export":
         print(json.dumps(export_child(cache_dir)))
     elif args.child:
-        print(json.dumps(child(args.child, cache_dir, args.tools, args.queries, args.vectors)))
+        found = child(args.child, cache_dir, args.tools, args.queries, args.vectors, args.baseline)
+        print(json.dumps(found))
     else:
-        parent(cache_dir, args.tools, args.queries)
+        parent(cache_dir, args.tools, args.queries, args.baseline)
 
 
-def parent(cache_dir: Path, tools: int, n_queries: int) -> None:
+def parent(cache_dir: Path, tools: int, n_queries: int, baseline: Path | None = None) -> None:
     common = ["--cache-dir", str(cache_dir), "--tools", str(tools), "--queries", str(n_queries)]
+    if baseline is not None:
+        common += ["--baseline", str(baseline.resolve())]
     load_before = os.getloadavg()
     exports = run_child(["--child", "export", *common])
     texts = tool_texts(tools)
@@ -213,6 +325,8 @@ def parent(cache_dir: Path, tools: int, n_queries: int) -> None:
         runs = {
             name: run_child(["--child", name, "--vectors", str(vectors[name]), *common]) for name in RUNTIMES
         }
+        if baseline is not None:
+            vectors["baseline"] = baseline_vectors(vectors["onnx-int8"])
         cosines = compare(vectors)
     result = {
         "machine": machine(),
@@ -222,7 +336,12 @@ def parent(cache_dir: Path, tools: int, n_queries: int) -> None:
             "batch_size": 64,
             "single_queries": n_queries,
             "cache_dir": str(cache_dir),
-            "note": "texts/s: best of two passes; load_s: imports + model load in a fresh process",
+            "note": (
+                "texts/s: best of two passes; load_s: imports + model load in a fresh process; "
+                "runtimes.onnx-int8.interleaved: current vs 1 thread (vs --baseline) taking "
+                "turns query by query, texts/s the median of 3 alternating passes"
+            ),
+            "baseline": None if baseline is None else str(baseline),
             # The machine may be shared: other processes' load makes every figure slower.
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
@@ -232,6 +351,7 @@ def parent(cache_dir: Path, tools: int, n_queries: int) -> None:
         "cosine_vs_torch": cosines,
     }
     print_table(runs, cosines)
+    print_interleaved(runs["onnx-int8"].get("interleaved", {}))
     print(f"saved {save('embedder_speed', result)}")
 
 

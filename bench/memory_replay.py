@@ -2,6 +2,7 @@
 
     python -m bench.memory_replay [--conversations 20] [--sweep-conversations 10] [--smoke]
                                   [--concurrency 2] [--code head|worktree] [--json PATH]
+                                  [--find-limit 5]
 
 Conversations are built from ``../shared/data/toolbench`` (seeded): a conversation is a run of
 tasks, each a multi-tool ToolBench query whose relevant tools t1..tn become n consecutive turns
@@ -21,7 +22,7 @@ imports them through ``POST /admin/import`` and indexes them once; for each sett
 gateway is restarted on the same data directory with other memory settings (the index is
 adopted without re-embedding). Every turn, over ``/mcp`` with the MCP SDK client:
 
-1. ``find_tools(text, limit=5, conversation, mode)``. In autonomous mode, a find refused with
+1. ``find_tools(text, limit=5, conversation, mode)`` (``--find-limit``). In autonomous mode, a find refused with
    "the working set is full" is answered like a model would: ``forget_tools`` with the least
    recently used tools the message lists, then the find once more;
 2. when the needed tool was returned or is in the working set, ``call_tool`` it with minimal
@@ -297,6 +298,7 @@ def summarise(traces: Sequence[Trace], listing: int, window: int = WINDOW) -> di
                 window_ratios.append(sum(r.removed for r in part) / got)
     tasks = [r for r in records if r.kind == "task"]
     later = [r for r in tasks if r.step > 0]
+    firsts = [r for r in records if r.step == 0]
     sizes = [r.size for r in records]
     tokens = [r.tokens for r in records]
     calls = [r for r in records if r.called]
@@ -314,6 +316,11 @@ def summarise(traces: Sequence[Trace], listing: int, window: int = WINDOW) -> di
         "working_set_final_avg": round(statistics.fmean(t.turns[-1].size for t in traces), 2),
         "hit_rate": _ratio(sum(r.hit for r in records), len(records)),
         "hit_rate_task_turns": _ratio(sum(r.hit for r in tasks), len(tasks)),
+        # A request's first turn (a task's first step, or an interruption) can only hit through
+        # that one search: its rate bounds the whole hit rate from the retrieval side.
+        "hit_rate_first_turns": _ratio(sum(r.hit for r in firsts), len(firsts)),
+        "hit_rate_later_turns": _ratio(sum(r.hit for r in later), len(later)),
+        "first_turns": len(firsts),
         "returned_rate": _ratio(sum(r.returned for r in records), len(records)),
         "held_before_find_rate": _ratio(sum(r.held_before for r in later), len(later)),
         "memory_misses": sum(r.memory_miss for r in records),
@@ -498,6 +505,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_SERVERS} servers, tiny conversations")
     parser.add_argument("--concurrency", type=int, default=2, help="conversations in flight at once (2)")
     parser.add_argument("--code", choices=("head", "worktree"), default="head")
+    parser.add_argument("--find-limit", type=int, default=LIMIT, help=f"find_tools limit per turn ({LIMIT})")
     parser.add_argument("--json", type=Path, default=None, help="where to save (default: see above)")
     args = parser.parse_args(argv)
     if args.conversations is None:
@@ -572,7 +580,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     tokens,
                     listing,
                     max(1, args.concurrency),
-                    LIMIT,
+                    args.find_limit,
                 )
             procs.stop(process)
             for setting in settings:
@@ -612,7 +620,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         },
         "settings": {
             "seed": SEED,
-            "find_limit": LIMIT,
+            "find_limit": args.find_limit,
             "interruption_probability": INTERRUPTION_P,
             "gateway_env": {s.name: gateway_env(s) for s in settings},
             "gateway_pythonhashseed": GATEWAY_HASH_SEED,
@@ -637,6 +645,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "all turns, peak over all turns",
             "hit_rate": "turns whose needed tool was returned by the turn's find or is in the working set "
             "after the find, / turns",
+            "hit_rate_first_turns": "hit rate over the first turn of each request (a task's step 0, or an "
+            "interruption), where only that turn's find can hit; hit_rate_later_turns: task turns with step >= 1",
             "returned_rate": "turns whose needed tool was among the find's cards",
             "held_before_find_rate": "task turns after a task's first (step >= 2) whose needed tool was already in the working set before "
             "the turn's find (what a client listing the working set would see without searching)",

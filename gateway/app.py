@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from sqlalchemy import text
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -31,13 +32,35 @@ from .settings import Settings
 LifespanHook = Callable[[FastAPI, GatewayService], AbstractAsyncContextManager[None]]
 
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+_PROTOCOL_HEADER = b"mcp-protocol-version"
+_HANDSHAKE_VERSIONS = frozenset(version.encode() for version in HANDSHAKE_PROTOCOL_VERSIONS)
+
+
+def _is_modern(scope: Scope) -> bool:
+    """The SDK's own era routing: a protocol header naming no handshake-era version is 2026-07-28
+    (or an unknown version, which the modern path rejects properly)."""
+    for name, value in scope["headers"]:
+        if name == _PROTOCOL_HEADER:
+            return value not in _HANDSHAKE_VERSIONS
+    return False
 
 
 class _MCPEndpoint:
-    """ASGI endpoint handing /mcp to the session manager built in the lifespan."""
+    """ASGI endpoint handing /mcp to the session managers built in the lifespan.
+
+    Two managers over one server: handshake-era (2025-11-25) sessions answer each POST with
+    one JSON body. On SSE the SDK client reads the result event and drops the connection
+    before the stream's end, so every call paid a new TCP connection and the SSE task
+    machinery (~18% of the gateway's CPU for a forwarded call). The price: a long call on such
+    a session sends nothing until it ends (no keep-alive pings), and request-scoped
+    notifications have no wire (the front door sends none; list_changed uses the GET stream).
+    2026-07-28 requests keep the SDK's default: JSON when the handler is quick, SSE with
+    keep-alive pings when it is not.
+    """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        manager: StreamableHTTPSessionManager = scope["app"].state.mcp_manager
+        state = scope["app"].state
+        manager: StreamableHTTPSessionManager = state.mcp_modern if _is_modern(scope) else state.mcp_manager
         await manager.handle_request(scope, receive, send)
 
 
@@ -62,17 +85,23 @@ def create_app(settings: Settings) -> FastAPI:
                 max_limit=settings.find_limit_max,
                 listing=settings.tools_listing,
             )
+            security = _transport_security(settings)
             manager = StreamableHTTPSessionManager(
                 app=server,
-                security_settings=_transport_security(settings),
+                security_settings=security,
                 max_request_body_size=settings.max_request_bytes,
+                json_response=True,
+            )
+            modern = StreamableHTTPSessionManager(
+                app=server, security_settings=security, max_request_body_size=settings.max_request_bytes
             )
             app.state.service = service
             app.state.mcp_manager = manager
+            app.state.mcp_modern = modern
             async with AsyncExitStack() as stack:
                 for hook in app.state.lifespan_hooks:
                     await stack.enter_async_context(hook(app, service))
-                async with manager.run():
+                async with manager.run(), modern.run():
                     yield
 
     app = FastAPI(

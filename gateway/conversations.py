@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from .memory import CapacityError, Change, Mode, TurnRecord, WorkingSet, WorkingSetStore, with_record
@@ -47,6 +47,9 @@ class MemoryView:
     capacity: int
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
+    # Tools already held that this find matched: their cards were returned earlier, so the
+    # result names them instead of repeating them (see `fresh_first`).
+    held: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -55,7 +58,24 @@ class MemoryView:
             "capacity": self.capacity,
             "added": list(self.added),
             "removed": list(self.removed),
+            "held": list(self.held),
         }
+
+
+def fresh_first(ranked: Sequence[str], held: Collection[str], limit: int) -> tuple[list[str], list[str]]:
+    """Split a ranking (best first) into up to `limit` names not held yet, and the held names
+    ranked above the last of them (the matches the model already has).
+
+    A conversation that searches again, e.g. for the next step of the same task, then gets the
+    next-best tools instead of the cards it already holds: the limit buys new information.
+    """
+    fresh: list[str] = []
+    matched: list[str] = []
+    for name in ranked:
+        if len(fresh) >= limit:
+            break
+        (matched if name in held else fresh).append(name)
+    return fresh, matched
 
 
 def _oldest(working_set: WorkingSet, n: int = 10) -> list[str]:
@@ -64,9 +84,13 @@ def _oldest(working_set: WorkingSet, n: int = 10) -> list[str]:
 
 
 class ConversationMemory:
-    def __init__(self, store: WorkingSetStore, *, mode: Mode, rules: PruneRules) -> None:
+    def __init__(
+        self, store: WorkingSetStore, *, mode: Mode, rules: PruneRules, fresh_results: bool = True
+    ) -> None:
         self.store = store
         self.mode = mode
+        # find_tools fills its limit with tools not held yet (see `fresh_first`).
+        self.fresh_results = fresh_results
         self.rules = replace(rules, capacity=min(rules.capacity, store.capacity))
         # Told when a working set gains or loses tools (dynamic listing sends list_changed).
         self.on_change: Callable[[MemoryView], Awaitable[None]] | None = None
@@ -82,12 +106,24 @@ class ConversationMemory:
     def mode_of(self, working_set: WorkingSet) -> Mode:
         return working_set.mode if working_set.mode is not None else self.mode
 
+    async def held(self, conversation: str) -> frozenset[str]:
+        """The names in the conversation's working set (empty for a new conversation)."""
+        working_set = await self.store.get(conversation)
+        return frozenset(working_set.tools) if working_set is not None else frozenset()
+
     async def on_find(
-        self, conversation: str, hits: Mapping[str, float], *, mode: Mode | None = None, query: str = ""
+        self,
+        conversation: str,
+        hits: Mapping[str, float],
+        *,
+        mode: Mode | None = None,
+        query: str = "",
+        matched: Sequence[str] = (),
     ) -> MemoryView:
         """One turn: apply the conversation's mode to this find's hits (name -> score).
         `mode` (when given) becomes the conversation's override from now on. The turn goes into
-        the conversation's history with `query` (shortened) and what was added and removed."""
+        the conversation's history with `query` (shortened) and what was added and removed.
+        `matched` names the hits already held that the result names instead of showing."""
         now = time.time()
         rules = self.rules
 
@@ -128,8 +164,9 @@ class ConversationMemory:
             current = await self.store.get(conversation) or WorkingSet()
             raise WorkingSetFull(len(current), exc.capacity, _oldest(current)) from None
         chosen, result = change.result
+        still = tuple(name for name in matched if name in change.working_set.tools)
         view = MemoryView(
-            conversation, chosen, len(change.working_set), rules.capacity, result.added, result.removed
+            conversation, chosen, len(change.working_set), rules.capacity, result.added, result.removed, still
         )
         return await self._changed(view)
 

@@ -33,7 +33,7 @@ from .services import GatewayService
 logger = logging.getLogger(__name__)
 Listing = Literal["stable", "dynamic"]
 _FIND_ARGUMENTS = frozenset(
-    {"query", "limit", "server", "category", "read_only", "conversation", "mode", "adaptive"}
+    {"query", "limit", "server", "category", "read_only", "conversation", "mode", "adaptive", "include_held"}
 )
 
 
@@ -90,6 +90,10 @@ def build_mcp_server(
     session's working set (callable directly by name), and `notifications/tools/list_changed`
     goes out whenever that set changes."""
     tools = meta_tools(max_limit, default_limit)
+    # For the SDK's check of `Mcp-Param-*` headers on 2026-07-28 calls: without a lookup it runs
+    # a whole internal tools/list per tools/call to find the schema. Sessionless requests are
+    # listed the meta-tools only (no session, no working set), so these are all it would find.
+    input_schemas = {tool.name: tool.input_schema for tool in tools}
     dynamic = listing == "dynamic" and service.memory is not None
     sessions: weakref.WeakValueDictionary[str, ServerSession] = weakref.WeakValueDictionary()
 
@@ -143,6 +147,7 @@ def build_mcp_server(
         ),
         on_list_tools=on_list_tools,
         on_call_tool=on_call_tool,
+        get_tool_input_schema=input_schemas.get,
     )
     server.list_changed = dynamic
     return server
@@ -242,8 +247,9 @@ def _find_error(arguments: dict[str, Any], max_limit: int) -> str | None:
             return f"find_tools '{key}' must be a string"
     if arguments.get("read_only") is not None and not isinstance(arguments["read_only"], bool):
         return "find_tools 'read_only' must be true or false"
-    if arguments.get("adaptive") is not None and not isinstance(arguments["adaptive"], bool):
-        return "find_tools 'adaptive' must be true or false"
+    for key in ("adaptive", "include_held"):
+        if arguments.get(key) is not None and not isinstance(arguments[key], bool):
+            return f"find_tools '{key}' must be true or false"
     if arguments.get("mode") is not None and arguments["mode"] not in MODES:
         return f"find_tools 'mode' must be one of {list(MODES)}"
     return None
@@ -274,6 +280,7 @@ async def _find(
             conversation=conversation,
             mode=arguments.get("mode"),
             adaptive=arguments.get("adaptive") is True,
+            include_held=arguments.get("include_held") is True,
         )
     except WorkingSetFull as exc:
         return error_result(str(exc))

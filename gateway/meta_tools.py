@@ -76,6 +76,11 @@ _MEMORY: dict[str, Any] = {
         "capacity": {"type": "integer"},
         "added": {"type": "array", "items": {"type": "string"}},
         "removed": {"type": "array", "items": {"type": "string"}},
+        "held": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Tools you already hold that match this request (their cards came earlier).",
+        },
     },
 }
 
@@ -92,7 +97,8 @@ def _find_tools(max_limit: int, default_limit: int) -> types.Tool:
             "Search the tools of every MCP server behind this gateway. Describe the task in plain "
             "words; you get the best-matching tools with their input schemas. Then run one with "
             "call_tool, passing its exact name. The result carries a conversation id: pass it back "
-            "on later calls so the gateway keeps your working set of tools."
+            "on later calls so the gateway keeps your working set of tools. Tools you already hold "
+            "are not repeated: they are named in memory.held, and the result brings new ones."
         ),
         input_schema={
             "type": "object",
@@ -121,6 +127,11 @@ def _find_tools(max_limit: int, default_limit: int) -> types.Tool:
                     "type": "boolean",
                     "default": False,
                     "description": "Return fewer than `limit` tools when the scores drop off clearly.",
+                },
+                "include_held": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "Also return the cards of matching tools already in your working set.",
                 },
                 "conversation": _CONVERSATION,
                 "mode": {

@@ -9,7 +9,7 @@ one process (tests) without sharing or clashing series.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sized
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -87,17 +87,36 @@ class GatewayMetrics:
             registry=r,
         )
         self._state: GatewayStateCollector | None = None
+        # `labels()` validates and locks on every call (~10 us); the children it returns are
+        # stable (nothing here removes a label set), so each is looked up once.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        key = (id(metric), labels)  # the metrics live as long as self
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
+        """One HTTP request: counted by method, route template and status, and timed."""
+        self._child(self.http_requests, method, route, str(status)).inc()
+        self._child(self.http_duration, method, route).observe(seconds)
+
+    def count_tool_call(self, meta_tool: str, outcome: str) -> None:
+        """One tools/call at the front door: ok, tool_error or error."""
+        self._child(self.mcp_tool_calls, meta_tool, outcome).inc()
 
     def observe_find(self, seconds: float, stages: Mapping[str, float]) -> None:
         """One find_tools: its total latency and each stage's (seconds by stage name)."""
         self.find_duration.observe(seconds)
         for stage, spent in stages.items():
-            self.find_stage_duration.labels(stage).observe(spent)
+            self._child(self.find_stage_duration, stage).observe(spent)
 
     def observe_upstream(self, server: str, outcome: str, seconds: float) -> None:
         """One forwarded call: outcome ok, tool_error or error, and its latency."""
-        self.upstream_calls.labels(server, outcome).inc()
-        self.upstream_duration.labels(server).observe(seconds)
+        self._child(self.upstream_calls, server, outcome).inc()
+        self._child(self.upstream_duration, server).observe(seconds)
 
     def watch(self, service: GatewayService | None) -> None:
         """Read the scrape-time gauges from this service (None: stop reading them)."""

@@ -122,9 +122,7 @@ class ObservabilityMiddleware:
         route = _route_template(scope, self._routes)
         metrics = self._observed.metrics
         if metrics is not None:
-            method = scope["method"]
-            metrics.http_requests.labels(method, route, str(status)).inc()
-            metrics.http_duration.labels(method, route).observe(time.perf_counter() - started)
+            metrics.observe_http(scope["method"], route, status, time.perf_counter() - started)
         return route
 
 
@@ -144,9 +142,9 @@ class FrontDoorMetrics:
         try:
             result = await call_next(ctx)
         except Exception:
-            self._metrics.mcp_tool_calls.labels(label, "error").inc()
+            self._metrics.count_tool_call(label, "error")
             raise
-        self._metrics.mcp_tool_calls.labels(label, "tool_error" if _is_error(result) else "ok").inc()
+        self._metrics.count_tool_call(label, "tool_error" if _is_error(result) else "ok")
         return result
 
 

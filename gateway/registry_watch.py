@@ -25,6 +25,10 @@ from registry.repository import Registry
 logger = logging.getLogger(__name__)
 
 
+_FINGERPRINT_LIMIT_S = 10.0
+_FOLLOW_LIMIT_S = 600.0
+
+
 @dataclass(frozen=True, slots=True)
 class Fingerprint:
     servers: tuple[int, datetime | None]
@@ -64,7 +68,9 @@ class RegistryWatcher:
 
     async def check(self) -> None:
         """One poll: compare with the last fingerprint and follow what changed."""
-        current = await fingerprint(self._registry)
+        await self._follow(await fingerprint(self._registry))
+
+    async def _follow(self, current: Fingerprint) -> None:
         last, self._last = self._last, current
         if last is None:
             return
@@ -82,8 +88,14 @@ class RegistryWatcher:
             try:
                 # Never cancelled mid-query: SQLAlchemy then terminates the connection with a
                 # close task that can outlive the event loop and hang the process's exit.
-                with anyio.move_on_after(10, shield=True):
-                    await self.check()
+                current: Fingerprint | None = None
+                with anyio.move_on_after(_FINGERPRINT_LIMIT_S, shield=True):
+                    current = await fingerprint(self._registry)
+                # A reload of a large catalog takes tens of seconds (21.7k tools: 15-35 s on
+                # 2 loaded cores): its own, longer limit, so it is not cut off halfway.
+                if current is not None:
+                    with anyio.move_on_after(_FOLLOW_LIMIT_S, shield=True):
+                        await self._follow(current)
                 if failing:
                     logger.info("registry watch: the database answers again")
                 failing = False

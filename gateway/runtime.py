@@ -162,6 +162,7 @@ async def _gateway_runtime(
                         min_relevance=settings.memory_min_relevance,
                         capacity=settings.memory_capacity,
                     ),
+                    fresh_results=settings.memory_fresh_results,
                 ),
             )
             await service.catalog.refresh()

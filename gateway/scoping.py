@@ -131,4 +131,4 @@ def visible_memory(view: ScopeView, memory: dict[str, Any]) -> dict[str, Any]:
     """A working-set view without names out of scope."""
     if not view.restricted:
         return memory
-    return {**memory, **{key: view.names(memory.get(key, [])) for key in ("added", "removed")}}
+    return {**memory, **{key: view.names(memory.get(key, [])) for key in ("added", "removed", "held")}}

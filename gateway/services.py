@@ -11,7 +11,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
 import mcp_types as types
 from pydantic import ValidationError
 
@@ -21,12 +20,12 @@ from registry.models import Server, Tool
 from registry.repository import ImportResult, Registry, spec_of
 from registry.review import ReviewPolicy
 from registry.specs import ServerSpec
-from registry.sync import Synchronizer, SyncReport
+from registry.sync import Synchronizer, SyncReport, changed
 from retrieval.intent import Intent
 from retrieval.pipeline import Retriever
 
 from .catalog import Catalog, IntentConfig, SearchFilters, SearchHit
-from .conversations import ConversationMemory, MemoryView
+from .conversations import ConversationMemory, MemoryView, fresh_first
 from .forwarder import Forwarder
 from .learning import Learner, LearnerUnavailableError
 from .learning_queue import LearningQueue
@@ -37,6 +36,9 @@ from .upstream import UpstreamPool
 from .upstream_policy import UpstreamPolicy, UpstreamRefused
 
 logger = logging.getLogger(__name__)
+
+# A find searches at most this much deeper than its limit to step past tools already held.
+MAX_HELD_SKIPPED = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,29 +148,27 @@ class GatewayService:
                 refused.append(f"{spec.name}: {exc}")
         if refused:
             raise ImportFileError(refused)
-        result = await self.registry.import_servers(specs)
-        reports: list[SyncReport] = []
-        limit = anyio.Semaphore(16)
-
-        async def sync(server_id: int) -> None:
-            async with limit:
-                server = await self.registry.get_server(server_id)
+        # One catalog reload at the end, not one per refresh asked for while servers sync.
+        async with self.catalog.hold():
+            result = await self.registry.import_servers(specs)
+            touched = await self.registry.get_servers(result.changed_ids)
+            for server in touched.values():
                 await self.pool.close(server.name)  # its connection details may have changed
-                if server.enabled:
-                    reports.append(await self.synchronizer.sync_server(server_id, notify=False))
-
-        async with anyio.create_task_group() as group:
-            for server_id in result.changed_ids:
-                group.start_soon(sync, server_id)
+            enabled = sorted(server.id for server in touched.values() if server.enabled)
+            reports = await self.synchronizer.sync_servers(enabled, notify=False)
         await self.catalog.refresh()
-        reports.sort(key=lambda r: r.server_id)
         return ImportOutcome(result, reports)
 
     async def sync_server(self, server_id: int) -> SyncReport:
         return await self.synchronizer.sync_server(server_id)
 
     async def sync_all(self) -> list[SyncReport]:
-        return await self.synchronizer.sync_all()
+        """Sync every server; the catalog reloads once at the end, when any tool changed."""
+        async with self.catalog.hold():
+            reports = await self.synchronizer.sync_all(notify=False)
+        if any(changed(r) for r in reports):
+            await self.catalog.refresh()
+        return reports
 
     async def on_tools_changed(self, server_name: str) -> None:
         """An upstream said its tool list changed: re-sync that server."""
@@ -224,11 +224,14 @@ class GatewayService:
         conversation: str | None = None,
         mode: Mode | None = None,
         adaptive: bool = False,
+        include_held: bool = False,
     ) -> FindOutcome:
         """Rank the tools; in a conversation, also learn from it and update its working set
-        (autonomous mode at capacity raises `WorkingSetFull`)."""
+        (autonomous mode at capacity raises `WorkingSetFull`). Tools the working set holds are
+        named in the memory view instead of returned, unless `include_held`."""
         with self.telemetry.find() as record:
-            outcome = await self._find_tools(query, limit, filters, conversation, mode, adaptive)
+            held = frozenset() if include_held else await self._held(conversation)
+            outcome = await self._find_tools(query, limit, filters, conversation, mode, adaptive, held)
             size = outcome.memory.count if outcome.memory is not None else None
             record.found(outcome.timings, len(outcome.hits), size)
         return outcome
@@ -241,30 +244,48 @@ class GatewayService:
         conversation: str | None,
         mode: Mode | None,
         adaptive: bool,
+        held: frozenset[str],
     ) -> FindOutcome:
-        found = await self.catalog.search(query, limit, filters, adaptive=adaptive)
+        # Deep enough that `limit` tools not held yet remain after the held ones are set aside.
+        depth = min(limit + len(held), limit + MAX_HELD_SKIPPED)
+        found = await self.catalog.search(query, depth, filters, adaptive=adaptive)
         timings = found.timings
         if conversation is None:
             return FindOutcome(found.hits, intent=found.intent, timings=timings)
-        self.tool_stats.record_found(hit.tool.exposed_name for hit in found.hits)
-        if self.learner is not None and found.hits:
-            try:
-                names = [hit.tool.exposed_name for hit in found.hits]
-                await self.learner.found(conversation, found.vector, names)
+        by_name = {hit.tool.exposed_name: hit for hit in found.hits}
+        fresh, matched = fresh_first(list(by_name), held, limit)
+        hits = [by_name[name] for name in fresh]
+        self.tool_stats.record_found(fresh)
+        if self.learner is not None and by_name:
+            try:  # a later call of a held match is a use of it for this query, too
+                await self.learner.found(conversation, found.vector, fresh + matched)
             except LearnerUnavailableError as exc:  # learning is best effort; the find is good
                 logger.warning("%s", exc)
         if self.memory is None:
-            return FindOutcome(found.hits, intent=found.intent, timings=timings)
-        scores = {hit.tool.exposed_name: hit.score for hit in found.hits}
+            return FindOutcome(hits, intent=found.intent, timings=timings)
+        # Only held tools in the plain top `limit` count as returned again: the pages a search
+        # stepped past age out like any idle tool, so the working set stays bounded.
+        top = set(list(by_name)[:limit])
+        scores = {name: by_name[name].score for name in fresh + [m for m in matched if m in top]}
         started = time.perf_counter()
         try:
-            view = await self.memory.on_find(conversation, scores, mode=mode, query=query)
+            view = await self.memory.on_find(conversation, scores, mode=mode, query=query, matched=matched)
         except MemoryStoreError as exc:
             logger.warning("conversation memory unavailable: %s", exc)
             timings = {**timings, "memory": time.perf_counter() - started}
-            return FindOutcome(found.hits, memory_error=str(exc), intent=found.intent, timings=timings)
+            return FindOutcome(hits, memory_error=str(exc), intent=found.intent, timings=timings)
         timings = {**timings, "memory": time.perf_counter() - started}
-        return FindOutcome(found.hits, view, intent=found.intent, timings=timings)
+        return FindOutcome(hits, view, intent=found.intent, timings=timings)
+
+    async def _held(self, conversation: str | None) -> frozenset[str]:
+        """The working set's names when results skip held tools; empty when the store fails
+        (on_find then reports the failure) or the conversation is new."""
+        if conversation is None or self.memory is None or not self.memory.fresh_results:
+            return frozenset()
+        try:
+            return await self.memory.held(conversation)
+        except MemoryStoreError:
+            return frozenset()
 
     async def forget_tools(self, conversation: str, names: Sequence[str]) -> MemoryView:
         if self.memory is None:

@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     memory_idle_turns: int = Field(
         3, ge=0, le=1000, description="Workflow/hybrid: drop tools neither returned nor called this long."
     )
+    memory_fresh_results: bool = Field(
+        True,
+        description="find_tools in a conversation fills its limit with tools not held yet and names "
+        "the held matches in memory.held instead of repeating them.",
+    )
     memory_min_relevance: float | None = Field(
         None, description="Workflow/hybrid: drop tools whose last score fell below this (off by default)."
     )

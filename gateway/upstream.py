@@ -41,7 +41,7 @@ from registry.errors import InvalidSpecError
 from registry.specs import ServerSpec, UpstreamTool
 
 from .circuit import Attempt, CircuitBreaker, CircuitOpenError, CircuitSnapshot, unavailable_message
-from .http_limits import CappedTransport
+from .http_limits import CappedTransport, coalescing_transport
 from .stdio_transport import bounded_stdio_client
 from .tracing import detached
 from .upstream_errors import (
@@ -136,7 +136,7 @@ def _transport(spec: ServerSpec, timeout: float, max_bytes: int) -> AbstractAsyn
     assert spec.url is not None
     if spec.transport == "sse":
         return sse_client(spec.url, headers=spec.headers or None, timeout=timeout)
-    transport = CappedTransport(httpx2.AsyncHTTPTransport(verify=_ssl_context()), max_bytes)
+    transport = CappedTransport(coalescing_transport(_ssl_context()), max_bytes)
     http = httpx2.AsyncClient(
         headers=spec.headers, timeout=httpx2.Timeout(timeout, read=None), transport=transport
     )

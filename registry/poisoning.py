@@ -121,6 +121,8 @@ _ZERO_WIDTH = frozenset(
 
 
 def _invisible(text: str) -> Finding | None:
+    if text.isascii():  # every invisible character is outside ASCII; most texts are inside it
+        return None
     tags = "".join(chr(ord(c) - 0xE0000) for c in text if ord(c) in _TAGS)
     if tags.strip():
         return Finding("invisible-unicode", "high", "", f"hidden tag text: {_shorten(tags)!r}")
@@ -144,6 +146,8 @@ def _invisible(text: str) -> Finding | None:
 
 def _visible(text: str) -> str:
     """NFKC (folds look-alike full-width letters), invisible characters dropped, spaces folded."""
+    if text.isascii():  # NFKC leaves ASCII as it is, and ASCII has no format characters
+        return " ".join(text.split())
     folded = unicodedata.normalize("NFKC", text)
     kept = "".join(c for c in folded if unicodedata.category(c) != "Cf" and ord(c) not in _TAGS)
     return " ".join(kept.split())

@@ -20,7 +20,7 @@ from sqlalchemy.orm import selectinload
 from sqlalchemy.orm.attributes import set_committed_value
 
 from .errors import DuplicateError, InvalidSpecError, NotFoundError
-from .listing import ToolDiff, review_rows, tool_diff
+from .listing import Reviewed, ToolDiff, review_rows, tool_diff
 from .models import Server, ServerStatus, Tool, ToolUsage, utcnow
 from .review import ReviewPolicy, approve, log_review, reject
 from .secrets import (
@@ -250,6 +250,12 @@ class Registry:
                 raise NotFoundError(f"no server with id {server_id}")
             return self._reveal(server)
 
+    async def get_servers(self, server_ids: Sequence[int]) -> dict[int, Server]:
+        """The servers with these ids that exist, in one query."""
+        async with self._transaction() as session:
+            rows = await session.scalars(select(Server).where(Server.id.in_(list(server_ids))))
+            return {server.id: self._reveal(server) for server in rows}
+
     async def find_server(self, name: str) -> Server | None:
         async with self._transaction() as session:
             result = await session.scalars(select(Server).where(Server.name == name))
@@ -476,6 +482,48 @@ class Registry:
         for row, outcome, was_quarantined in reviewed:
             log_review(server.name, row, outcome, was_quarantined)
         return tool_diff(reviewed, deleted=len(gone))
+
+    async def apply_tool_lists(
+        self, listings: Sequence[tuple[int, Sequence[UpstreamTool]]], policy: ReviewPolicy | None = None
+    ) -> list[ToolDiff | None]:
+        """`apply_tool_list` for many servers in one transaction (None for a server deleted
+        meanwhile). A sync of thousands of servers then commits a few dozen times, not once
+        per server: each SQLite round trip hops to the driver's thread and back."""
+        policy = policy or ReviewPolicy()
+        now = utcnow()
+        ids = [server_id for server_id, _ in listings]
+        async with self._transaction() as session:
+            servers = {s.id: s for s in await session.scalars(select(Server).where(Server.id.in_(ids)))}
+            existing: dict[int, dict[str, Tool]] = {server_id: {} for server_id in servers}
+            for tool in await session.scalars(select(Tool).where(Tool.server_id.in_(list(servers)))):
+                existing[tool.server_id][tool.name] = tool
+            results: list[tuple[Server, list[Reviewed], int] | None] = []
+            for server_id, listed in listings:
+                server = servers.get(server_id)
+                if server is None:
+                    results.append(None)
+                    continue
+                rows = existing[server_id]
+                reviewed = review_rows(server, rows, listed, policy, now, session.add)
+                seen = {row.name for row, _, _ in reviewed}
+                gone = [row for name, row in rows.items() if name not in seen]
+                for row in gone:
+                    await session.delete(row)
+                server.last_sync_at = now
+                server.last_error = None
+                server.status = ServerStatus.OK.value
+                results.append((server, reviewed, len(gone)))
+            await session.commit()
+        diffs: list[ToolDiff | None] = []
+        for result in results:
+            if result is None:
+                diffs.append(None)
+                continue
+            server, reviewed, deleted = result
+            for row, outcome, was_quarantined in reviewed:
+                log_review(server.name, row, outcome, was_quarantined)
+            diffs.append(tool_diff(reviewed, deleted=deleted))
+        return diffs
 
     # -- usage evidence ------------------------------------------------------------------------
 

@@ -152,7 +152,12 @@ async def _scoped_client_checks(client: Client, mode: str, key: str) -> None:
         found = await _found(client, query, **extra)
         assert _names(found) <= IN_SCOPE, (mode, query, _names(found))
         assert found["total_tools"] == len(IN_SCOPE)  # the hidden catalog's size stays hidden
-    assert "echo__echo" in _names(await _found(client, "echo the text back"))
+    # Earlier finds of this session put the in-scope tools in its working set: found again,
+    # they are named as held, and include_held returns their cards.
+    again = await _found(client, "echo the text back")
+    assert "echo__echo" in set(again["memory"]["held"]) | _names(again), again
+    assert set(again["memory"]["held"]) <= IN_SCOPE
+    assert "echo__echo" in _names(await _found(client, "echo the text back", include_held=True))
     intent = (await _found(client, "use add from echo to sum 2 and 3, then shout hello"))["intent"]
     assert all("add" not in sub["named_tools"] for sub in intent["sub_intents"])
 

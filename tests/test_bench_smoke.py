@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench import throughput
+from bench import sync_scale, throughput
 
 pytestmark = pytest.mark.e2e
 
@@ -22,3 +22,23 @@ def test_throughput_smoke() -> None:
     assert soak["requests"] >= row["requests"]  # whole conversations until the deadline
     assert soak["rss_mb_start"] > 0
     assert soak["rss_mb_end"] > 0
+
+
+def test_sync_scale_smoke() -> None:
+    """Import, unchanged re-sync, changed re-sync at 3 servers: the gateway's own counters
+    must show every tool embedded once, nothing re-embedded, then only the changed ones."""
+    result = sync_scale.run(3, change_fraction=0.05, sample=32)
+    first = result["first_sync"]
+    assert first["servers_ok"] == 3, first["errors"]
+    assert result["tools_stored"] == result["tools_indexed"] == first["tools_created"]
+    assert result["indexing"]["tools_embedded"] == first["tools_created"]
+    assert result["indexing"]["reloads"] == 1  # one catalog reload for the whole import
+    assert result["unchanged_resync"]["updated"] == 0
+    assert result["unchanged_resync"]["embedded"] == 0
+    changed = result["changed_resync"]
+    assert changed["tools_changed_upstream"] >= 1
+    assert changed["embedded"] == changed["tools_changed_upstream"]
+    assert result["same_embedder"]
+    assert 0 < result["sync_s"] < result["import_and_sync_s"]
+    assert result["embedder"]["texts_per_s_mean"] > 0
+    assert result["gateway_peak_rss_mb"] > 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from gateway.conversations import ConversationMemory, WorkingSetFull
+from gateway.conversations import ConversationMemory, WorkingSetFull, fresh_first
 from gateway.memory.policy import PruneRules
 from tests.memory_fixtures import StoreFactory
 
@@ -146,3 +146,11 @@ async def test_a_refused_turn_leaves_no_history(make_store: StoreFactory) -> Non
     working_set = await memory.get("c")
     assert working_set is not None
     assert [r.query for r in working_set.history] == ["q1"]
+
+
+def test_fresh_first_skips_held_tools_and_names_the_ones_it_passed() -> None:
+    ranked = ["a", "b", "c", "d", "e", "f"]
+    assert fresh_first(ranked, set(), 3) == (["a", "b", "c"], [])
+    assert fresh_first(ranked, {"a", "c", "f"}, 3) == (["b", "d", "e"], ["a", "c"])
+    assert fresh_first(ranked, set(ranked), 2) == ([], ranked)  # all held: nothing new to show
+    assert fresh_first(ranked[:2], set(), 5) == (["a", "b"], [])

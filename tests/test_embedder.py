@@ -15,6 +15,7 @@ import pytest
 
 from retrieval import embedder as embedder_module
 from retrieval.embedder import (
+    CALIBRATION_TEXTS,
     CHECK_TEXTS,
     Embedder,
     EmbedderError,
@@ -166,6 +167,33 @@ def test_export_records_its_check_against_torch(int8_embedder: OnnxEmbedder) -> 
     assert info["check_texts"] == len(CHECK_TEXTS) >= 50
     assert 0.98 <= info["min_cosine"] <= info["mean_cosine"] <= 1.0
     assert info["quantized"] is True
+    # Every MatMul is int8; the 12 LayerNorm outputs they read (6 layers x attention and
+    # feed-forward inputs) were smoothed first.
+    assert info["fp32_nodes"] == []
+    assert len(info["smoothed_inputs"]) == 12
+
+
+def test_calibration_texts_are_not_check_texts() -> None:
+    """The smoothing scales are fitted on CALIBRATION_TEXTS; the check must not see them."""
+    assert len(CALIBRATION_TEXTS) >= 20
+    assert not set(CALIBRATION_TEXTS) & set(CHECK_TEXTS)
+
+
+def test_smoothing_keeps_the_fp32_function(tmp_path: Path, fp32_embedder: OnnxEmbedder) -> None:
+    """Smoothing only moves scale between activations and weights: in fp32 the vectors stay."""
+    smoothed_dir = tmp_path / "smoothed"
+    smoothed_dir.mkdir()
+    (smoothed_dir / "tokenizer.json").write_bytes((fp32_embedder.export_dir / "tokenizer.json").read_bytes())
+    tokenizer = embedder_module._load_tokenizer(
+        smoothed_dir / "tokenizer.json", fp32_embedder.info["max_length"]
+    )
+    smoothed = embedder_module._smooth(
+        fp32_embedder.export_dir / "model.onnx", smoothed_dir / "model.onnx", tokenizer
+    )
+    assert len(smoothed) == 12
+    rescaled = OnnxEmbedder(smoothed_dir, fp32_embedder.info)
+    texts = ["convert 20 USD to EUR", "", "kubectl_get_pods: list pods in a namespace", *CHECK_TEXTS[:8]]
+    np.testing.assert_allclose(rescaled.encode(texts), fp32_embedder.encode(texts), atol=1e-4)
 
 
 def test_auto_picks_int8_when_it_passes_the_check(cache_dir: Path, int8_embedder: OnnxEmbedder) -> None:

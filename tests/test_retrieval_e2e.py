@@ -148,6 +148,27 @@ async def test_find_call_learn_filter_and_restart(tmp_path: Path) -> None:
             bad_id = await client.call_tool("find_tools", {"query": "x", "conversation": ""})
             assert bad_id.is_error
 
+        # Searching again in a conversation brings new tools; the held matches are named.
+        async with gateway.client() as client:
+            request = {"query": "current time in a timezone", "limit": 2, "conversation": "chat-2"}
+            first = (await client.call_tool("find_tools", request)).structured_content
+            again = (await client.call_tool("find_tools", request)).structured_content
+            assert first is not None
+            assert again is not None
+            first_names = [c["name"] for c in first["tools"]]
+            again_names = [c["name"] for c in again["tools"]]
+            assert len(first_names) == len(again_names) == 2
+            assert not set(first_names) & set(again_names), (first_names, again_names)
+            assert again["memory"]["held"] == first_names
+            assert again["memory"]["count"] == 4
+            assert sorted(again["memory"]["added"]) == sorted(again_names)
+            both = (
+                await client.call_tool("find_tools", {**request, "limit": 4, "include_held": True})
+            ).structured_content
+            assert both is not None
+            assert [c["name"] for c in both["tools"]] == first_names + again_names  # the plain ranking
+            assert both["memory"]["held"] == []
+
         # Categories are set on servers and filter find_tools.
         servers = {s["name"]: s["id"] for s in gateway.http.get("/admin/servers").json()}
         patched = gateway.http.patch(f"/admin/servers/{servers['time']}", json={"category": "clock"})
