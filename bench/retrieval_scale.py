@@ -36,6 +36,15 @@ def _rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def _current_mb() -> float:
+    """Resident set size now (the peak above includes transients of the build)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
 _shown: dict[str, int] = {}
 
 
@@ -79,7 +88,7 @@ def main() -> None:
             # the intent stage on the same index.
             options = EvalOptions(folds=0, seed=args.seed, embed_sample=args.embed_sample, intent=False)
             report: dict[str, Any] = evaluate(scaled, chosen, retriever, options, _progress)
-            rss_built = _rss_mb()
+            rss_built, rss_now = _rss_mb(), _current_mb()
             with_intent = evaluate(
                 scaled, chosen, retriever, EvalOptions(folds=0, seed=args.seed, build=False, intent=True)
             )
@@ -99,7 +108,14 @@ def main() -> None:
             "recall@5": with_intent.get("recall@5"),
         },
         "index": report.get("index"),
-        "rss_mb": {"start": rss_start, "after_model": rss_model, "peak_built": rss_built, "peak": _rss_mb()},
+        "rss_mb": {
+            "start": rss_start,
+            "after_model": rss_model,
+            "peak_built": rss_built,
+            "built_now": rss_now,
+            "peak": _rss_mb(),
+            "end_now": _current_mb(),
+        },
         "wall_s": round(time.perf_counter() - started, 1),
         "embedder": report.get("embedder"),
         "settings": report.get("settings"),

@@ -144,6 +144,11 @@ class HnswSettings:
     # Threads one search may use (embedded engine). A query searches one or two segments, and
     # handing them to pool threads cost more than it saved here: 2.5 -> 1.5 ms at 10.5k tools.
     search_threads: int = 1
+    # Named vectors few tools have (usage: only tools that were used) are left on disk and
+    # paged in when read, instead of held in memory: the engine stores every named vector
+    # densely, so at 100k tools an all-but-empty usage vector otherwise took as much memory
+    # as the description vector.
+    cold_vectors: tuple[str, ...] = ("usage",)
 
 
 class VectorIndex(Protocol):

@@ -268,6 +268,7 @@ class QdrantVectorIndex:
                     size=self._dim,
                     distance=qm.Distance.COSINE,
                     datatype=qm.Datatype.FLOAT16 if hnsw.float16 else qm.Datatype.FLOAT32,
+                    on_disk=True if name in hnsw.cold_vectors else None,  # see HnswSettings
                 )
                 for name in self._names
             },

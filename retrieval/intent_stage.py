@@ -99,27 +99,40 @@ _VERB_STEMS = frozenset(normalize(verb) for verb in VERBS)
 
 @dataclass(frozen=True, slots=True)
 class ToolFields:
-    """What the action and parameter subspaces read of one tool, computed once at indexing."""
+    """What the action and parameter subspaces read of one tool, computed once at indexing.
 
-    name: frozenset[str]  # stems of the name's words
+    Small sorted tuples rather than frozensets (a 3-word frozenset takes ~216 bytes, the tuple
+    64), interned by :class:`IntentCatalog` so tools with the same words share one object;
+    the verbs and their classes are derived when asked (the action subspace is rarely on)."""
+
+    name: tuple[str, ...]  # stems of the name's words
     lead: str | None  # stem of the description's first word, when that is a verb ("Returns")
-    params: frozenset[str]  # search tokens of the parameter names
-    verbs: frozenset[str] = dataclasses.field(init=False)  # name words and leading verb
-    kinds: frozenset[str] = dataclasses.field(init=False)  # their verb classes
+    params: tuple[str, ...]  # search tokens of the parameter names
 
     def __post_init__(self) -> None:
-        verbs = self.name | ({self.lead} if self.lead else frozenset())
-        object.__setattr__(self, "verbs", verbs)
-        object.__setattr__(self, "kinds", frozenset(_CLASS_OF[v] for v in verbs if v in _CLASS_OF))
+        # Any iterable of words is accepted; stored as a sorted tuple so equal fields compare
+        # (and intern) equal.
+        object.__setattr__(self, "name", tuple(sorted(set(self.name))))
+        object.__setattr__(self, "params", tuple(sorted(set(self.params))))
+
+    @property
+    def verbs(self) -> frozenset[str]:
+        """Name words and the leading verb."""
+        return frozenset(self.name) | ({self.lead} if self.lead else frozenset())
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        """The verb classes of :attr:`verbs`."""
+        return frozenset(_CLASS_OF[v] for v in self.verbs if v in _CLASS_OF)
 
 
 def tool_fields(text: ToolText) -> ToolFields:
     """A tool's name stems, leading description verb and parameter-name tokens."""
-    name = frozenset(normalize(w) for w in split_words(text.name))
+    name = {normalize(w) for w in split_words(text.name)}
     first = split_words(text.description[:60])
     lead = normalize(first[0]) if first else None
-    params = frozenset(t for name_, _ in schema_parameters(text.input_schema) for t in iter_tokens(name_))
-    return ToolFields(name, lead if lead in _VERB_STEMS else None, params)
+    params = {t for name_, _ in schema_parameters(text.input_schema) for t in iter_tokens(name_)}
+    return ToolFields(tuple(name), lead if lead in _VERB_STEMS else None, tuple(params))
 
 
 def action_score(action: str | None, fields: ToolFields) -> float:
@@ -271,9 +284,9 @@ def _params(subs: Sequence[SubIntent], cands: Candidates, idf: Callable[[str], f
         total = sum(words.values())
         if total > 0.0:
             for k, fields in enumerate(cands.fields):
-                common = fields.params.intersection(words)
+                common = [words[t] for t in fields.params if t in words]
                 if common:
-                    out[j, k] = sum(words[t] for t in common) / total
+                    out[j, k] = sum(common) / total
     return out
 
 
@@ -382,6 +395,10 @@ class IntentCatalog:
 
     def __init__(self) -> None:
         self.fields: dict[str, ToolFields] = {}
+        # One object per distinct value: many tools share their fields (same names and
+        # parameters across servers and versions). Entries are not dropped on removal; the
+        # table is bounded by the distinct values ever indexed.
+        self._interned: dict[ToolFields, ToolFields] = {}
         self._ids_by_name: dict[str, dict[str, None]] = {}
         self._servers: dict[str, dict[str, None]] = {}  # server -> its tool ids
         self._category_sum: dict[str, Vector] = {}
@@ -391,7 +408,8 @@ class IntentCatalog:
         self._version = 0  # bumped by every change: a parser built meanwhile is not kept
 
     def add(self, tool_id: str, text: ToolText, category: str | None, vector: Vector) -> None:
-        self.fields[tool_id] = tool_fields(text)
+        fields = tool_fields(text)
+        self.fields[tool_id] = self._interned.setdefault(fields, fields)
         self._ids_by_name.setdefault(text.name, {})[tool_id] = None
         self._servers.setdefault(text.server, {})[tool_id] = None
         self._move(category, vector, 1)

@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from retrieval.documents import ToolText, weighted_terms
-from retrieval.text import PHRASE_PREFIX, phrase_key, tokenize
+from retrieval.text import PHRASE_PREFIX, STOPWORDS, normalize, split_words
 
 DEFAULT_K1 = 1.2
 DEFAULT_B = 0.75
@@ -32,7 +32,8 @@ class LexicalIndex:
     Documents live in integer slots (reused after removal): postings keyed by small ints and
     per-slot lists make scoring about twice as fast as string-keyed dicts at 100k tools.
     Each term's postings are two packed arrays (slots, weighted tfs) in no particular order:
-    12 bytes a posting instead of ~60 in a dict, which is most of this index at 100k tools.
+    8 bytes a posting instead of ~60 in a dict, which is most of this index at 100k tools.
+    Weighted tfs are sums of the field weights (multiples of 0.5), exact in float32.
     """
 
     def __init__(self, k1: float = DEFAULT_K1, b: float = DEFAULT_B) -> None:
@@ -50,9 +51,11 @@ class LexicalIndex:
         self._total_length = 0.0
         # Length normalisation per slot; depends on the average length, so any change
         # invalidates it and the next search recomputes it once.
-        self._norms: list[float] | None = None
-        self._norms_array: NDArray[np.float64] = np.zeros(0)
-        self._contributions: dict[tuple[str, bool], tuple[NDArray[np.intp], NDArray[np.float64]]] = {}
+        self._norms: NDArray[np.float64] | None = None
+        # Per query term (and whether it is an exact-name key): its slots and score
+        # contributions, int32 and float32 (8 bytes a posting; this cache can come to hold
+        # the postings of most query words).
+        self._contributions: dict[tuple[str, bool], tuple[NDArray[np.int32], NDArray[np.float32]]] = {}
 
     @classmethod
     def build(cls, docs: Iterable[ToolText], k1: float = DEFAULT_K1, b: float = DEFAULT_B) -> LexicalIndex:
@@ -109,7 +112,7 @@ class LexicalIndex:
         for term, tf in kept.items():
             postings = self._postings.get(term)
             if postings is None:
-                postings = self._postings[term] = (array("i"), array("d"))
+                postings = self._postings[term] = (array("i"), array("f"))
             postings[0].append(slot)
             postings[1].append(tf)
         # Phrase keys repeat words already counted, so they add nothing to the length.
@@ -142,15 +145,15 @@ class LexicalIndex:
         self._norms = None
         return True
 
-    def _length_norms(self) -> list[float]:
+    def _length_norms(self) -> NDArray[np.float64]:
         if self._norms is None:
             k1, b, avgdl = self._k1, self._b, self.average_length or 1.0
-            self._norms = [k1 * (1.0 - b + b * length / avgdl) for length in self._lengths]
-            self._norms_array = np.asarray(self._norms, dtype=np.float64)
+            lengths = np.asarray(self._lengths, dtype=np.float64)
+            self._norms = k1 * (1.0 - b + b * lengths / avgdl)
             self._contributions = {}
         return self._norms
 
-    def _contribution(self, term: str, exact: bool) -> tuple[NDArray[np.intp], NDArray[np.float64]] | None:
+    def _contribution(self, term: str, exact: bool) -> tuple[NDArray[np.int32], NDArray[np.float32]] | None:
         """A term's postings as arrays: slots and their score contributions. Cached until the
         index changes (any change moves the IDF or the average length)."""
         key = (term, exact)
@@ -160,14 +163,14 @@ class LexicalIndex:
         postings = self._postings.get(term)
         if postings is None:
             return None
-        self._length_norms()
+        length_norms = self._length_norms()
         weight = self.idf(term) * (self._k1 + 1.0)
         # Copies, not views: a packed array cannot grow while numpy holds its buffer.
-        slots = np.array(postings[0], dtype=np.intp)
+        slots = np.array(postings[0], dtype=np.int32)
         tfs = np.array(postings[1], dtype=np.float64)
         # An exact-name match skips length normalisation (see _score).
-        norms = self._k1 if exact else self._norms_array[slots]
-        values = weight * tfs / (tfs + norms)
+        norms = self._k1 if exact else length_norms[slots]
+        values = (weight * tfs / (tfs + norms)).astype(np.float32)
         self._contributions[key] = (slots, values)
         return slots, values
 
@@ -175,23 +178,13 @@ class LexicalIndex:
         """Per-slot scores and the slots that matched at least one query term."""
         self._length_norms()
         scores = np.zeros(len(self._ids), dtype=np.float64)
-        matched = np.zeros(len(self._ids), dtype=bool)
-        # Each query term counts once. Long requests that need several tools repeat the
-        # words of one need ("playlist ... playlist ... tracks"), which would otherwise crowd
-        # out the others; on ToolBench this lifts multi-tool queries (G2/G3) most.
-        terms = [(term, False) for term in dict.fromkeys(tokenize(query))]
-        # The query as a whole may be a tool's exact name. That match is as strong for a
-        # tool with a long description as for a terse one, so it skips length normalisation.
-        exact = phrase_key(query)
-        if exact is not None:
-            terms.append((exact, True))
-        for term, is_exact in terms:
+        for term, is_exact in query_terms(query):
             found = self._contribution(term, is_exact)
             if found is not None:
                 slots, values = found
                 scores[slots] += values
-                matched[slots] = True
-        return scores, np.flatnonzero(matched)
+        # Every contribution is positive (IDF > 0, tf > 0), so a matched slot scores > 0.
+        return scores, np.flatnonzero(scores)
 
     def _ranked_prefix(self, scores: NDArray[np.float64], candidates: NDArray[np.intp], n: int) -> list[int]:
         """The first ``n`` candidates by score desc then tool_id (all of them if fewer)."""
@@ -234,3 +227,21 @@ class LexicalIndex:
             if len(ranked) < n:
                 return results  # every candidate has been seen
             checked, n = n, n * 4
+
+
+def query_terms(query: str) -> list[tuple[str, bool]]:
+    """The terms a query is scored by: ``(term, is_exact_name_key)``.
+
+    Each query term counts once. Long requests that need several tools repeat the words of
+    one need ("playlist ... playlist ... tracks"), which would otherwise crowd out the
+    others; on ToolBench this lifts multi-tool queries (G2/G3) most. The query as a whole may
+    also be a tool's exact name: that match is as strong for a tool with a long description
+    as for a terse one, so it skips length normalisation. The same terms as
+    ``text.tokenize`` and ``text.phrase_key``, from one split of the text (a query is
+    scored several times: whole and per sentence, and splitting dominated the scoring).
+    """
+    words = split_words(query)
+    terms = [(term, False) for term in dict.fromkeys(normalize(w) for w in words if w not in STOPWORDS)]
+    if words:
+        terms.append((PHRASE_PREFIX + " ".join(words), True))
+    return terms

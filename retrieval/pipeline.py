@@ -51,6 +51,7 @@ _EMBED_TEXT_CHARS = 1000  # MiniLM reads ~256 word pieces; more text only costs 
 EMBED_BATCH = 64
 _MAX_PAST_QUERIES = 10_000  # nearest-query votes scan this many recent queries at most (15 MB)
 _CHUNK_BATCHES = 8  # batches per embed call in upsert: progress granularity vs. sorting scope
+_MIN_ROWS = 1024  # first capacity of the description matrix (it grows as it fills)
 
 
 class Embedder(Protocol):
@@ -107,6 +108,79 @@ def server_text(server: str, description: str) -> str:
     return f"{words}: {description}"[:_EMBED_TEXT_CHARS] if description else words
 
 
+class VectorRows:
+    """Unit vectors by tool id in one contiguous float16 matrix (rows reused after removal).
+
+    The index stores float16 too, so re-scoring a pool with these rows sees the values that
+    ranked it; one matrix instead of 100k small arrays is 77 MB instead of 160 at 100k tools.
+    Callers serialise writes with searches (the gateway's catalog lock); growth copies into
+    a new matrix before swapping it in, so a reader never sees a half-copied one."""
+
+    def __init__(self, dim: int) -> None:
+        self._dim = dim
+        self._matrix = np.zeros((0, dim), np.float16)
+        self._row: dict[str, int] = {}
+        self._free: list[int] = []
+        self._used = 0  # rows ever handed out (the rest of the matrix is spare capacity)
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+    def __contains__(self, tool_id: object) -> bool:
+        return tool_id in self._row
+
+    def put(self, tool_id: str, vector: Vector) -> Vector:
+        """Store ``vector`` for ``tool_id``; returns it as stored (float16 values in float32),
+        so sums kept elsewhere add exactly what a later :meth:`pop` takes away."""
+        row = self._row.get(tool_id)
+        if row is None:
+            row = self._free.pop() if self._free else self._grow()
+            self._row[tool_id] = row
+        self._matrix[row] = vector
+        stored: Vector = self._matrix[row].astype(np.float32)
+        return stored
+
+    def _grow(self) -> int:
+        if self._used == len(self._matrix):
+            # A quarter more each time: at most ~25% spare rows (doubling left up to half of
+            # a 100k matrix empty), still amortised O(1) per row.
+            rows = max(_MIN_ROWS, len(self._matrix) + len(self._matrix) // 4)
+            bigger = np.zeros((rows, self._dim), np.float16)
+            bigger[: self._used] = self._matrix[: self._used]
+            self._matrix = bigger
+        self._used += 1
+        return self._used - 1
+
+    def get(self, tool_id: str) -> Vector | None:
+        row = self._row.get(tool_id)
+        if row is None:
+            return None
+        vector: Vector = self._matrix[row].astype(np.float32)
+        return vector
+
+    def pop(self, tool_id: str) -> Vector | None:
+        row = self._row.pop(tool_id, None)
+        if row is None:
+            return None
+        vector: Vector = self._matrix[row].astype(np.float32)
+        self._free.append(row)
+        return vector
+
+    def rows(self, tool_ids: Sequence[str]) -> np.ndarray:
+        """The vectors of ``tool_ids`` (all of which must be stored) as a float32 matrix."""
+        index = np.fromiter((self._row[i] for i in tool_ids), np.intp, len(tool_ids))
+        return self._matrix[index].astype(np.float32)
+
+    def dots(self, tool_ids: Sequence[str], vector: Vector) -> dict[str, float]:
+        """Cosine of ``vector`` with each stored tool among ``tool_ids``."""
+        known = [i for i in tool_ids if i in self._row]
+        if not known:
+            return {}
+        # einsum, not BLAS: see fusion.ServerScores.
+        sims = np.einsum("ij,j->i", self.rows(known), np.asarray(vector, np.float32))
+        return dict(zip(known, sims.tolist(), strict=True))
+
+
 class Retriever:
     """Finds the tools that fit a query among everything indexed."""
 
@@ -131,7 +205,7 @@ class Retriever:
         self._server_matrix: tuple[list[str], np.ndarray, dict[str, int]] | None = None
         # Description vectors of indexed tools (also in the index): stage 2 and usage updates
         # read them per query, and a round trip to the index per candidate costs milliseconds.
-        self._vectors: dict[str, Vector] = {}
+        self._vectors = VectorRows(embedder.dim)
         self._has_usage = False
         # Past queries (vector, tools they used) for the nearest-query votes; in memory only.
         self._past: list[tuple[Vector, tuple[str, ...]]] = []
@@ -226,7 +300,8 @@ class Retriever:
 
     def store(self, records: Sequence[ToolRecord], embedded: Embedded) -> None:
         """Write embedded tools into the index and the in-memory views."""
-        self._server_text.update(embedded.servers)
+        # Copies: a row of the embedder's batch output would keep the whole batch alive.
+        self._server_text.update({name: np.array(v, np.float32) for name, v in embedded.servers.items()})
         points = []
         for record, vector in zip(records, embedded.vectors, strict=True):
             if record.tool_id in self._records:
@@ -271,13 +346,13 @@ class Retriever:
 
     def _remember(self, record: ToolRecord, vector: Vector) -> None:
         self._records[record.tool_id] = record
-        self._vectors[record.tool_id] = np.asarray(vector, dtype=np.float32)
+        vector = self._vectors.put(record.tool_id, vector)
         self.lexical.add(record.text)
         server = record.text.server
         self._server_sum[server] = self._server_sum.get(server, np.zeros_like(vector)) + vector
         self._server_count[server] = self._server_count.get(server, 0) + 1
         self._server_matrix = None
-        self._intent.add(record.tool_id, record.text, record.category, self._vectors[record.tool_id])
+        self._intent.add(record.tool_id, record.text, record.category, vector)
         self._intent.servers_changed()
 
     def _forget(self, tool_id: str) -> None:
@@ -286,7 +361,7 @@ class Retriever:
             return
         self.lexical.remove(tool_id)
         server = record.text.server
-        vector = self._vectors.pop(tool_id, None)
+        vector = self._vectors.pop(tool_id)
         if vector is not None and server in self._server_sum:
             self._server_sum[server] = self._server_sum[server] - vector
         self._server_count[server] = self._server_count.get(server, 1) - 1
@@ -348,7 +423,9 @@ class Retriever:
         """Forget every use (between evaluation folds): usage views fall back to descriptions."""
         touched = [tool_id for tool_id, _ in self.usage.items() if tool_id in self._records]
         for tool_id in touched:
-            self.index.update_vectors(tool_id, {USAGE: self._vectors[tool_id]})
+            description = self._vectors.get(tool_id)
+            if description is not None:
+                self.index.update_vectors(tool_id, {USAGE: description})
         self.usage.clear()
         self._has_usage = False
         self._past.clear()
@@ -557,11 +634,10 @@ class Retriever:
         else:
             whole = dict(pool)
         records = [self._records[tool_id] for tool_id in order]
-        description = np.zeros((len(order), self.embedder.dim), np.float32)
+        description = self._vectors.rows(order)
         servers = np.zeros_like(description)
         _, matrix, row_of = self._server_rows()
-        for k, (tool_id, record) in enumerate(zip(order, records, strict=True)):
-            description[k] = self._vectors[tool_id]
+        for k, record in enumerate(records):
             row = row_of.get(record.text.server)
             if row is not None:
                 servers[k] = matrix[row]
@@ -609,9 +685,6 @@ class Retriever:
         """Similarity of the query to each server: its name and description, and the centroid
         of its tools."""
         names, matrix, row_of = self._server_rows()
-        # einsum, not BLAS: a threaded gemv waits on sleeping BLAS threads on a busy machine
-        # (measured ~5 ms instead of ~0.1 ms per query here).
-        sims = np.einsum("ij,j->i", matrix, vector) if names else np.zeros(0, np.float32)
         allowed = None
         if flt is not None and (flt.servers is not None or flt.exclude_servers):
             allowed = {
@@ -627,7 +700,7 @@ class Retriever:
                 if record is not None:
                     reachable.add(record.text.server)
             allowed = reachable if allowed is None else allowed & reachable
-        return ServerScores(names, row_of, sims, allowed)
+        return ServerScores(names, row_of, matrix, vector, allowed)
 
     def _server_rows(self) -> tuple[list[str], np.ndarray, dict[str, int]]:
         """Each server's unit row: its text's vector plus the centroid of its tools (lazy;
@@ -685,8 +758,7 @@ class Retriever:
         ids = [tool_id for tool_id, _ in candidates]
         missing = [tool_id for tool_id in ids if tool_id not in dense]
         if missing:  # lexical-only candidates: compute their cosine now, the pool is small
-            stored = self._vectors
-            dense = {**dense, **{i: float(np.dot(stored[i], vector)) for i in missing if i in stored}}
+            dense = {**dense, **self._vectors.dots(missing, vector)}
         stage1 = normalise_max(dict(candidates))
         dense_n = normalise_range({i: dense.get(i, 0.0) for i in ids})
         lexical_n = normalise_max({i: lexical.get(i, 0.0) for i in ids})
@@ -726,8 +798,11 @@ class Retriever:
         if not parts:
             return dict.fromkeys(ids, 0.0)
         part_vectors = self.embedder.encode(parts)
-        stored = self._vectors
-        best = {i: float(np.max(part_vectors @ stored[i])) if i in stored else 0.0 for i in ids}
+        known = [i for i in ids if i in self._vectors]
+        best = dict.fromkeys(ids, 0.0)
+        if known:
+            sims = (self._vectors.rows(known) @ np.asarray(part_vectors, np.float32).T).max(axis=1)
+            best.update(zip(known, sims.tolist(), strict=True))
         return normalise_range(best)
 
     def _votes(self, vector: Vector, ids: Sequence[str]) -> dict[str, float]:

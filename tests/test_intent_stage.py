@@ -18,6 +18,7 @@ from retrieval.evaluate import records_of
 from retrieval.index import IndexFilter, open_index
 from retrieval.intent import Intent, SubIntent
 from retrieval.intent_stage import (
+    IntentCatalog,
     ToolFields,
     action_score,
     fuse,
@@ -249,7 +250,7 @@ def test_merge_gives_each_sub_intent_its_best_tool_a_head_rank() -> None:
 
 
 def test_action_subspace_reads_the_name_and_leading_verb() -> None:
-    fields = ToolFields(frozenset({"get", "random", "word"}), None, frozenset())
+    fields = ToolFields(("get", "random", "word"), None, ())
     assert action_score("get", fields) == 1.0
     assert action_score("fetch", fields) == 0.5  # the same kind of operation
     assert action_score("delete", fields) == 0.0
@@ -259,7 +260,14 @@ def test_action_subspace_reads_the_name_and_leading_verb() -> None:
     read = tool_fields(tool)
     assert read.lead == "return"
     assert "word" in read.name
-    assert read.params >= {"word", "length"}
+    assert set(read.params) >= {"word", "length"}
+    # Equal fields of different tools are one object in the catalog.
+    catalog = IntentCatalog()
+    twin = dataclasses.replace(tool, tool_id="Copy/Get a random word", server="Copy")
+    vector = np.ones(4, np.float32)
+    catalog.add(tool.tool_id, tool, None, vector)
+    catalog.add(twin.tool_id, twin, None, vector)
+    assert catalog.fields[tool.tool_id] is catalog.fields[twin.tool_id] == read
 
 
 def test_read_only_intents_never_see_destructive_tools(

@@ -25,7 +25,7 @@ from retrieval.documents import (
     tool_text_from_record,
     weighted_terms,
 )
-from retrieval.lexical import LexicalIndex
+from retrieval.lexical import LexicalIndex, query_terms
 from retrieval.text import (
     STOPWORDS,
     dense_query,
@@ -479,3 +479,23 @@ def test_query_parts_split_multi_intent_requests_by_sentence() -> None:
     ]
     assert query_parts("get channel clips") == []  # one part: nothing to split
     assert query_parts("Hi. Get the weather in Lisbon.") == []  # "Hi." is too short to count
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "get channel clips",
+        "getWeatherForecast for Lisbon, then the Free NBA scores!",
+        "the of and",
+        "",
+        "   ",
+    ],
+)
+def test_query_terms_are_tokenize_and_phrase_key(query: str) -> None:
+    # The index splits a query once; the terms must be exactly what the documents were
+    # indexed with (tokenize for words, phrase_key for the exact-name term).
+    expected = [(term, False) for term in dict.fromkeys(tokenize(query))]
+    key = phrase_key(query)
+    if key is not None:
+        expected.append((key, True))
+    assert query_terms(query) == expected
