@@ -151,6 +151,8 @@ class Catalog:
         self.ready = False
         self.indexing = 0  # tools waiting to be embedded
         self.embedded = 0  # tools embedded since start (adopted ones are not)
+        self.optimized = 0  # search-graph builds since start
+        self._unoptimized = 0  # tools indexed since the last build (all of them at start)
         # Refresh tickets: a refresh covers every request made before it read the registry.
         self._requested = 0
         self._covered = 0
@@ -279,6 +281,7 @@ class Catalog:
             if gone:
                 await anyio.to_thread.run_sync(retriever.remove, gone)
             if not self._loaded:  # after a restart, vectors already stored are reused
+                self._unoptimized += len(records)  # a build with nothing to merge is quick
                 records = await anyio.to_thread.run_sync(retriever.adopt, records)
             await anyio.to_thread.run_sync(retriever.apply_payloads, records)
             pending = retriever.pending(records)
@@ -294,6 +297,23 @@ class Catalog:
                 await anyio.to_thread.run_sync(retriever.store, batch, embedded)
             self.embedded += len(batch)
             self.indexing = max(0, len(pending) - start - len(batch))
+        self._unoptimized += len(pending)
+        await self._maybe_optimize()
+
+    async def _maybe_optimize(self) -> None:
+        """Build the embedded engine's HNSW graph once enough tools arrived: without it a
+        search scans the unindexed segment exactly (at 100k tools, 24 ms of a 49 ms find)."""
+        index = self.retriever.index
+        if index.optimizes_in_background or self._unoptimized < self.retriever.settings.optimize_after:
+            return
+        began = time.perf_counter()
+        async with self._lock:  # every index call runs under this lock: nothing overlaps
+            await anyio.to_thread.run_sync(index.optimize)
+        self._unoptimized = 0
+        self.optimized += 1
+        logger.info(
+            "built the search graph over %d tools in %.1f s", len(self.retriever), time.perf_counter() - began
+        )
 
     async def _load_usage(self) -> None:
         self._usage_seen = utcnow()
@@ -333,6 +353,7 @@ class Catalog:
             "servable": len(self),
             "pending": self.indexing,
             "embedded_since_start": self.embedded,
+            "graph_builds_since_start": self.optimized,
             "tools_with_usage": sum(1 for _ in self.retriever.usage.items()),
             "embedder": self.retriever.embedder.model_id,
             "ready": self.ready,

@@ -33,7 +33,11 @@ def index_path(settings: Settings) -> Path:
 def retrieval_settings(settings: Settings) -> RetrievalSettings:
     # The intent stage follows TOOLGATE_INTENT_PARSER, so `toolgate eval` and `search` rank
     # as find_tools does.
-    chosen = dataclasses.replace(RetrievalSettings(), intent=settings.intent_parser != "off")
+    chosen = dataclasses.replace(
+        RetrievalSettings(),
+        intent=settings.intent_parser != "off",
+        optimize_after=settings.index_optimize_after,
+    )
     if settings.retrieval_pool is None:
         return chosen
     return dataclasses.replace(chosen, pool_size=settings.retrieval_pool)

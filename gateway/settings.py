@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     retrieval_pool: int | None = Field(
         None, ge=8, le=1000, description="Stage-1 candidates re-scored by stage 2 (default: the engine's)."
     )
+    index_optimize_after: int = Field(
+        5000,
+        ge=1,
+        description="Build the embedded index's search graph (HNSW) once this many tools were "
+        "indexed since the last build; searches wait while it runs.",
+    )
     learn_from_calls: bool = Field(
         True, description="Count a successful call_tool after a find_tools that offered it as a use."
     )

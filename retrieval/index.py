@@ -154,6 +154,10 @@ class HnswSettings:
 class VectorIndex(Protocol):
     """Tools' named vectors with a payload; cosine similarity search with engine-side filters."""
 
+    # True when the engine builds its search structures by itself (a Qdrant server's
+    # optimiser); False when `optimize` must be called (the embedded engine).
+    optimizes_in_background: bool
+
     @property
     def vector_names(self) -> tuple[str, ...]: ...
 

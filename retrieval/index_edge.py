@@ -44,6 +44,7 @@ _SCROLL_PAGE = 1024
 
 
 class EdgeVectorIndex:
+    optimizes_in_background = False
     """A :class:`retrieval.index.VectorIndex` stored under ``path`` (created if absent).
 
     Thread-safe: the engine synchronises internally, so the gateway's worker threads may

@@ -41,6 +41,7 @@ _OPTIMIZE_POLL_S = 0.5
 
 
 class QdrantVectorIndex:
+    optimizes_in_background = True
     """A :class:`retrieval.index.VectorIndex` in one collection of a Qdrant server (or local mode)."""
 
     def __init__(

@@ -13,6 +13,9 @@ class RetrievalSettings:
     (bench/retrieval_toolbench.py --tune; the other 60% stayed held out)."""
 
     pool_size: int = 64  # stage-1 candidates per list (ToolRefiner's pool)
+    # The gateway builds the embedded index's HNSW graph once this many tools arrived since
+    # the last build; until then a search scans the new segment exactly.
+    optimize_after: int = 5000
     rrf_k: float = 60.0
     weight_dense: float = 1.0
     weight_lexical: float = 1.5

@@ -59,9 +59,14 @@ def _usage(gateway: RunningGateway, tool_id: int) -> int:
     return int(gateway.http.get(f"/admin/tools/{tool_id}/usage").json()["usage_count"])
 
 
+# Every sync builds the embedded index's search graph, so all that follows (finds, usage
+# updates, a restart) runs on an optimised and reopened shard too.
+OPTIMIZE_ALWAYS = {"TOOLGATE_INDEX_OPTIMIZE_AFTER": "1"}
+
+
 async def test_find_call_learn_filter_and_restart(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    gateway = RunningGateway(data)
+    gateway = RunningGateway(data, OPTIMIZE_ALWAYS)
     try:
         for body in _servers():
             gateway.register(body)
@@ -203,13 +208,15 @@ async def test_find_call_learn_filter_and_restart(tmp_path: Path) -> None:
         before = gateway.http.get("/admin/index").json()
         assert before["tools"] >= 15
         assert before["pending"] == 0
+        assert before["graph_builds_since_start"] >= 1
         assert gateway.stop() == set()
 
         # Restart: the index is adopted (nothing re-embedded) and usage evidence is back.
-        gateway = RunningGateway(data)
+        gateway = RunningGateway(data, OPTIMIZE_ALWAYS)
         after = gateway.http.get("/admin/index").json()
         assert after["tools"] == before["tools"]
         assert after["embedded_since_start"] == 0
+        assert after["graph_builds_since_start"] >= 1
         assert _usage(gateway, add_id) == 2
         assert _usage(gateway, echo_id) == 2
         async with gateway.client() as client:
