@@ -46,6 +46,8 @@ async def one_client(
                 payload = found.structured_content or {}
                 conversation = payload.get("conversation", conversation)
                 names = [card["name"] for card in payload.get("tools", [])]
+                # After the first round the tool is held: the find names it in memory.held.
+                names += payload.get("memory", {}).get("held", [])
                 if found.is_error or "upstream__echo" not in names:
                     errors.append(f"find: {found.content!r}"[:200])
                     continue

@@ -33,8 +33,9 @@ NOTES: dict[str, Any] = {
 DESTRUCTIVE = {"notes__delete_note", "notes__overwrite_note"}
 
 
-async def _find(client: Client, query: str, limit: int) -> dict[str, Any]:
-    result = await client.call_tool("find_tools", {"query": query, "limit": limit})
+async def _find(client: Client, query: str, limit: int, include_held: bool = False) -> dict[str, Any]:
+    arguments = {"query": query, "limit": limit, "include_held": include_held}
+    result = await client.call_tool("find_tools", arguments)
     assert not result.is_error, result.content
     assert result.structured_content is not None
     return result.structured_content
@@ -61,7 +62,10 @@ async def test_read_requests_get_no_destructive_tools_and_see_their_intent(tmp_p
             assert [s["effect"] for s in delete["intent"]["sub_intents"]] == ["write"]
 
             # A compound request: one sub-intent each, and both needs in the result.
-            both = await _find(client, "show my todo note, then delete the groceries note", 3)
+            # Both tools are held by now; include_held serves them again with their sub-intent.
+            both = await _find(
+                client, "show my todo note, then delete the groceries note", 3, include_held=True
+            )
             assert [s["effect"] for s in both["intent"]["sub_intents"]] == ["read", "write"]
             served = {c["name"]: c.get("sub_intent") for c in both["tools"]}
             assert {"notes__read_note", "notes__delete_note"} <= set(served)
