@@ -2,7 +2,7 @@
 
     python -m bench.memory_replay [--conversations 20] [--sweep-conversations 10] [--smoke]
                                   [--concurrency 2] [--code head|worktree] [--json PATH]
-                                  [--find-limit 5]
+                                  [--find-limit 5] [--capacity 128]
 
 Conversations are built from ``../shared/data/toolbench`` (seeded): a conversation is a run of
 tasks, each a multi-tool ToolBench query whose relevant tools t1..tn become n consecutive turns
@@ -462,7 +462,7 @@ def settings_for(args: argparse.Namespace) -> list[Setting]:
     sweep = args.sweep_conversations
     auto_capacity = SMOKE_AUTONOMOUS_CAPACITY if args.smoke else AUTONOMOUS_CAPACITY
     out = [
-        Setting(f"idle{IDLE_TURNS}", CAPACITY, IDLE_TURNS, ("workflow", "hybrid"), main),
+        Setting(f"idle{IDLE_TURNS}", args.capacity, IDLE_TURNS, ("workflow", "hybrid"), main),
         Setting(f"autonomous{auto_capacity}", auto_capacity, IDLE_TURNS, ("autonomous",), main),
     ]
     for idle in IDLE_SWEEP[:1] if args.smoke else IDLE_SWEEP:
@@ -506,6 +506,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=2, help="conversations in flight at once (2)")
     parser.add_argument("--code", choices=("head", "worktree"), default="head")
     parser.add_argument("--find-limit", type=int, default=LIMIT, help=f"find_tools limit per turn ({LIMIT})")
+    parser.add_argument(
+        "--capacity",
+        type=int,
+        default=CAPACITY,
+        help=f"working-set capacity of the workflow/hybrid setting ({CAPACITY})",
+    )
     parser.add_argument("--json", type=Path, default=None, help="where to save (default: see above)")
     args = parser.parse_args(argv)
     if args.conversations is None:
