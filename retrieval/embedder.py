@@ -485,7 +485,9 @@ def default_cache_dir() -> Path:
 def export_path(model_path: Path, cache_dir: Path, quantize: bool) -> Path:
     """The export directory for this model under ``cache_dir``. Keyed by the model files'
     names, sizes and mtimes (cheap to compute at every start, unlike a content hash)."""
-    digest = hashlib.sha256(f"{model_path.resolve()}\0{EXPORT_REVISION}\0{quantize}\n".encode())
+    # The int8 recipe depends on the CPU (see _quantize), so its exports are keyed by it too.
+    kernels = "vnni" if quantize and _cpu_has_vnni() else ""
+    digest = hashlib.sha256(f"{model_path.resolve()}\0{EXPORT_REVISION}\0{quantize}\0{kernels}\n".encode())
     for file in _model_files(model_path):
         stat = file.stat()
         digest.update(
@@ -663,10 +665,22 @@ def _quantize(source: Path, target: Path) -> list[str]:
             target,
             op_types_to_quantize=["MatMul"],
             per_channel=True,
-            reduce_range=False,  # the VNNI/AVX-512 kernels do not saturate; reduce_range costs accuracy
+            # Without VNNI, ONNX Runtime's u8s8 kernels add int8 products pairwise into int16
+            # and saturate on full-range weights; 7-bit weights avoid that. VNNI does not
+            # saturate, and there full range is more accurate.
+            reduce_range=not _cpu_has_vnni(),
             weight_type=QuantType.QInt8,
         )
     return []
+
+
+def _cpu_has_vnni() -> bool:
+    """Whether this CPU has int8 dot-product instructions (AVX-512 VNNI or AVX-VNNI)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx512vnni" in flags or "avx_vnni" in flags
 
 
 @contextlib.contextmanager
