@@ -1,7 +1,10 @@
 """Where a warm find spends its time with the intent stage on, at ToolBench + toolsdk
-(10,489 tools): section timers around the intent stage's parts and a cProfile of the queries.
+(10,489 tools): prepare and search times, a cProfile of the queries, and (``--compare``) the
+spans' candidate sections, interleaved on the same prepared queries: their dense candidates
+from stage 1's lists (``Retriever._span_dense``, what the stage runs) against an index query
+per span (``_span_dense_index``, what it ran before), and their BM25 searches.
 
-    python -m bench.intent_cost --index /tmp/intent-cost-index --queries 200 [--profile]
+    python -m bench.intent_cost --index /tmp/intent-cost-index --queries 200 [--profile] [--compare]
 
 The index is built once into ``--index`` and adopted (no embedding) on later runs.
 """
@@ -14,6 +17,7 @@ import pstats
 import random
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +27,7 @@ from retrieval.corpus import Query, load_toolbench
 from retrieval.embedder import load_embedder
 from retrieval.evaluate import records_of
 from retrieval.index import open_index
+from retrieval.intent_stage import PreparedQuery
 from retrieval.pipeline import VECTOR_NAMES, Retriever
 
 
@@ -45,6 +50,53 @@ def open_retriever(path: Path) -> tuple[Retriever, list[Query]]:
     return retriever, list(queries.queries)
 
 
+def _timed(section: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    section()
+    return time.perf_counter() - started
+
+
+def _sections(retriever: Retriever, prepared: PreparedQuery, depth: int) -> dict[str, Callable[[], object]]:
+    """The span-candidate sections of one request, ready to time."""
+    spans, intent = prepared.span_vectors, prepared.intent
+    assert spans is not None
+    assert intent is not None
+    texts = [sub.span for sub in intent.sub_intents]
+    first = retriever._stage1(prepared.query, prepared.vector, 20, None)
+    allowed = first.allowed
+    return {
+        "dense: stage-1 lists": lambda: retriever._span_dense(first, spans),
+        "dense: index query": lambda: retriever._span_dense_index(spans, None),
+        "bm25 per span": lambda: [retriever.lexical.search(t, depth, allowed=allowed) for t in texts],
+    }
+
+
+def compare(retriever: Retriever, prepared: Sequence[PreparedQuery], rounds: int = 3) -> None:
+    """Median time per request of each span-candidate section, the sections alternating in
+    order, with the share of a span's dense picks the two dense paths agree on."""
+    depth = max(retriever.settings.intent_pool, retriever.settings.pool_size)
+    multi = [p for p in prepared if p.span_vectors is not None and p.intent is not None]
+    times: dict[str, list[float]] = {}
+    overlap: list[float] = []
+    for n, p in enumerate(multi * rounds):
+        sections = _sections(retriever, p, depth)
+        for name in list(sections) if n % 2 else list(sections)[::-1]:
+            times.setdefault(name, []).append(_timed(sections[name]))
+        if n < len(multi):
+            picked = sections["dense: stage-1 lists"]()
+            own = sections["dense: index query"]()
+            assert isinstance(picked, list)
+            assert isinstance(own, list)
+            # The first lists of the index path are the description ones, one per span.
+            overlap += [len(set(a) & set(b)) / max(len(b), 1) for a, b in zip(picked, own, strict=False)]
+    print(f"{len(multi)} requests of several sub-intents, {rounds} rounds, medians per request:")
+    for name in sorted(times):
+        print(f"  {name:22} {1000 * np.median(times[name]):6.2f} ms")
+    new, old = "dense: stage-1 lists", "dense: index query"
+    print(f"  {new} / {old}: {np.median(times[new]) / np.median(times[old]):.2f}")
+    print(f"  a span's dense picks shared with the index query's: {np.mean(overlap):.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -53,6 +105,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--compare", action="store_true", help="time the span sections, new vs old")
     args = parser.parse_args()
     retriever, queries = open_retriever(args.index)
     sample = list(queries)
@@ -78,6 +131,8 @@ def main() -> None:
         f"prepare p50 {1000 * np.median(prepare_s):.2f} ms, search p50 {1000 * np.median(search_s):.2f} ms,"
         f" total p50 {1000 * np.median(np.add(prepare_s, search_s)):.2f} ms"
     )
+    if args.compare:
+        compare(retriever, [retriever.prepare(text, intent=True) for text in texts])
     if profiler:
         stats = pstats.Stats(profiler)
         stats.sort_stats("cumulative").print_stats(45)

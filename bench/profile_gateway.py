@@ -3,11 +3,16 @@
     python -m bench.profile_gateway call [--calls 1000] [--mode legacy|auto] [--profile current]
                                          [--baseline DIR] [--variant NAME=DIR ...] [--spy-out DIR]
     python -m bench.profile_gateway find [--servers 300] [--calls 300] [--profile current]
+    python -m bench.profile_gateway find --data-dir DIR [--calls 300] [--mode auto] [--baseline DIR]
 
 `call`: `tools/call` of an echo tool on a streamable HTTP upstream, direct and through each
 gateway variant, one client session each, rounds interleaved (the first contender rotates
 every round), the added latency paired per round. `find`: `find_tools` through /mcp against a
-catalog of the first `--servers` ToolBench servers hosted by bench/multihost.py.
+catalog of the first `--servers` ToolBench servers hosted by bench/multihost.py; with
+`--data-dir`, against a catalog already built there (e.g. bench/latency_scale.py's 10k dir),
+copied once per variant, upstreams down, and ToolBench queries instead of the fixed eight.
+Each variant's own /metrics (find_tools, its stages and the /mcp request, mean ms over the
+measured rounds) says where its time went: /mcp minus the retrieval stages is the gateway's.
 
 Variants: `current` is this checkout; `--baseline DIR` adds `baseline`, the same gateway run
 from another source tree (e.g. a copy of this one with the files under study reverted), so a
@@ -38,14 +43,17 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack, ExitStack, contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 from mcp import Client
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import ROOT, free_port, machine, save, shared_data, summary_ms, wait_ready_line
+from bench.latency_scale import stage_means_ms
 
 ECHO_ARGS = {"text": "ping"}
 FIND_QUERIES = (
@@ -99,6 +107,7 @@ class Variant:
     env: dict[str, str] = field(default_factory=dict)
     url: str = ""
     pid: int = 0
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 @dataclass
@@ -155,12 +164,13 @@ def start_gateway(children: Children, variant: Variant, data_dir: Path, extra_en
     }
     env.pop("DATABASE_URL", None)
     code = "import sys; from gateway.cli import main; sys.exit(main(sys.argv[1:]))"
+    variant.started = datetime.now(UTC)
     process = children.start(
         [sys.executable, "-c", code, "serve", "--port", str(port)], cwd=variant.tree, env=env
     )
     variant.url = f"http://127.0.0.1:{port}"
     variant.pid = process.pid
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # adopting a prebuilt catalog's vectors takes a while
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"gateway {variant.name} exited with {process.returncode}")
@@ -285,6 +295,43 @@ def _find_args(index: int) -> dict[str, Any]:
     return {"query": FIND_QUERIES[index % len(FIND_QUERIES)], "limit": 5}
 
 
+def _toolbench_find_args(calls: int, warmup: int) -> Callable[[int], dict[str, Any]]:
+    """find_tools arguments over a seeded sample of ToolBench queries (as latency_scale times),
+    the warm-up rounds (negative indexes) on a disjoint sample."""
+    from bench.latency_scale import LIMIT, load_queries
+
+    timed, warm = load_queries(calls, warmup, seed=13)
+
+    def arguments(index: int) -> dict[str, Any]:
+        query = timed[index % len(timed)] if index >= 0 else warm[index % len(warm)]
+        return {"query": query, "limit": LIMIT}
+
+    return arguments
+
+
+def _wait_synced(variant: Variant, timeout: float = 900) -> None:
+    """Until every server has a sync recorded since the gateway started: its start-up re-sync
+    (fast failures, the upstreams being down) must not share the cores with measured rounds."""
+    with httpx.Client(base_url=variant.url, timeout=None) as admin:
+        begun = time.monotonic()
+        while time.monotonic() - begun < timeout:
+            rows = admin.get("/admin/servers").json()
+            stamps = [r["last_sync_at"] for r in rows]
+            if all(s and datetime.fromisoformat(s) >= variant.started for s in stamps):
+                return
+            time.sleep(2.0)
+    raise RuntimeError(f"gateway {variant.name}: start-up sync not done after {timeout} s")
+
+
+def _scrape(url: str) -> Any:
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
 def _call_args(_index: int) -> dict[str, Any]:
     return {"name": "upstream__echo", "arguments": dict(ECHO_ARGS)}
 
@@ -303,6 +350,7 @@ def run(
     spy_out: Path | None = None,
     servers: int = 300,
     extra_env: dict[str, str] | None = None,
+    data_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Start the upstream and the gateway variants, measure, stop them all; the result."""
     variants = [Variant("current", ROOT)]
@@ -336,6 +384,8 @@ def run(
                 "url": f"http://127.0.0.1:{port}/mcp",
             }
             contenders = [Contender("direct", registration["url"], "echo", lambda _i: dict(ECHO_ARGS))]
+        elif data_dir is not None:
+            contenders = []
         else:
             port = start_ready(
                 children, [sys.executable, "-m", "bench.multihost", "--servers", str(servers), "--port", "0"]
@@ -348,13 +398,25 @@ def run(
             }
             contenders = []
         for variant in variants:
-            start_gateway(children, variant, workdir / variant.name, extra_env or {})
-            with httpx.Client(base_url=variant.url, timeout=1800) as admin:
-                path = "/admin/servers" if scenario == "call" else "/admin/import"
-                admin.post(path, json=registration).raise_for_status()
-                if scenario == "find":
-                    result["tools"] = admin.get("/admin/tools", params={"limit": 1}).json()["total"]
-            tool, arguments = ("call_tool", _call_args) if scenario == "call" else ("find_tools", _find_args)
+            if data_dir is not None:  # a prebuilt catalog: one copy per gateway, nothing imported
+                shutil.copytree(data_dir, workdir / variant.name)
+                env = {"TOOLGATE_SYNC_CONCURRENCY": "16", **(extra_env or {})}
+                start_gateway(children, variant, workdir / variant.name, env)
+                _wait_synced(variant)
+                result["tools"] = httpx.get(f"{variant.url}/admin/index", timeout=60).json()["tools"]
+            else:
+                start_gateway(children, variant, workdir / variant.name, extra_env or {})
+                with httpx.Client(base_url=variant.url, timeout=1800) as admin:
+                    path = "/admin/servers" if scenario == "call" else "/admin/import"
+                    admin.post(path, json=registration).raise_for_status()
+                    if scenario == "find":
+                        result["tools"] = admin.get("/admin/tools", params={"limit": 1}).json()["total"]
+            if scenario == "call":
+                tool, arguments = "call_tool", _call_args
+            elif data_dir is not None:
+                tool, arguments = "find_tools", _toolbench_find_args(calls, warmup)
+            else:
+                tool, arguments = "find_tools", _find_args
             contenders.append(Contender(variant.name, f"{variant.url}/mcp", tool, arguments))
         profiled = next((v.pid for v in variants if v.name == profile), None)
         out = spy_out or workdir
@@ -365,8 +427,11 @@ def run(
 
             cpu_before: dict[str, float] = {}
 
+            metrics_before: dict[str, Any] = {}
+
             def begin() -> None:
                 cpu_before.update({v.name: cpu_seconds(v.pid) for v in variants})
+                metrics_before.update({v.name: _scrape(v.url) for v in variants})
                 raw_holder.append(spy_started.enter_context(py_spy(profiled, out, spy_rate)))
 
             began = time.perf_counter()
@@ -377,6 +442,11 @@ def run(
             result["gateway_cpu_ms_per_request"] = {
                 v.name: round((cpu_seconds(v.pid) - cpu_before[v.name]) / calls * 1000, 3) for v in variants
             }
+            # Mean ms per request from each gateway's own histograms (find_tools, its stages,
+            # the /mcp request): /mcp minus the retrieval stages is the gateway's own share.
+            result["gateway_mean_ms"] = {
+                v.name: stage_means_ms(metrics_before[v.name], _scrape(v.url)) for v in variants
+            }
         finally:
             spy_started.close()
         raw = raw_holder[0] if raw_holder else None
@@ -385,6 +455,10 @@ def run(
             if spy_out is not None:
                 result["profile"]["raw"] = str(raw)
     result["ms"] = {c.name: summary_ms(c.samples) for c in contenders}
+    if scenario == "find":
+        result["overhead_ms"] = {
+            name: _overhead(means, result["ms"][name]) for name, means in result["gateway_mean_ms"].items()
+        }
     if scenario == "call":
         direct = contenders[0].samples
         result["added_ms"] = {
@@ -396,6 +470,21 @@ def run(
     result["loadavg"] = [round(x, 2) for x in os.getloadavg()]
     result["machine"] = machine()
     return result
+
+
+def _overhead(means: dict[str, float], client_ms: dict[str, float]) -> dict[str, float]:
+    """Where a find's time went outside retrieval (ms, means): in the service around the
+    search (find_tools minus the retrieval stages), in the HTTP/MCP layers of the gateway
+    (/mcp request minus find_tools), and in total as the client saw it."""
+    retrieval = sum(v for k, v in means.items() if k.startswith("stage_") and k != "stage_memory")
+    find = means.get("find_tools", 0.0)
+    http = next((v for k, v in means.items() if k.startswith("http_POST_/mcp")), 0.0)
+    return {
+        "retrieval_mean": round(retrieval, 3),
+        "service_mean": round(find - retrieval, 3),
+        "http_layers_mean": round(http - find, 3),
+        "client_minus_retrieval_mean": round(client_ms["mean"] - retrieval, 3),
+    }
 
 
 def _paired_delta(contenders: list[Contender], other: str) -> dict[str, float]:
@@ -416,6 +505,8 @@ def print_result(result: dict[str, Any]) -> None:
             f"{'+' + name:12}{stats['p50']:9.2f}{stats['p99']:9.2f}{stats['mean']:9.2f}   (added over direct)"
         )
     print("gateway CPU per request (ms):", result.get("gateway_cpu_ms_per_request"))
+    for name, parts in result.get("overhead_ms", {}).items():
+        print(f"{name}: gateway means {result['gateway_mean_ms'][name]}; outside retrieval {parts}")
     for key, value in result.items():
         if key.startswith("current_minus_"):
             print(f"{key} (paired): {value}")
@@ -448,6 +539,9 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--spy-out", type=Path, default=None, help="keep py-spy's raw output here")
     parser.add_argument("--servers", type=int, default=300, help="find: ToolBench servers in the catalog")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="find: a catalog already built here (copied per variant)"
+    )
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for every gateway")
     parser.add_argument("--name", default=None, help="save the result as bench/results/NAME.json")
     parser.add_argument("--out", type=Path, default=None, help="save the result as this JSON file")
@@ -473,6 +567,7 @@ def main() -> None:
         spy_out=args.spy_out,
         servers=args.servers,
         extra_env=extra_env,
+        data_dir=args.data_dir,
     )
     print_result(result)
     if args.name:

@@ -143,6 +143,7 @@ class Catalog:
         if self.intent.mode == "llm" and self.intent.llm is None:
             raise ValueError("the llm intent parser needs its endpoint settings")
         self._tools: dict[str, CatalogTool] = {}
+        self._servable = 0  # enabled tools in `_tools`: every find reports it, so count once
         self._servers: dict[str, ServerSpec] = {}
         self._refresh_lock = anyio.Lock()
         self._lock = anyio.Lock()  # serialises retriever state changes and searches
@@ -203,6 +204,7 @@ class Catalog:
             tools, servers, records = self._snapshot(rows)
             loaded = time.perf_counter()
             self._tools, self._servers = tools, servers
+            self._servable = sum(1 for tool in tools.values() if tool.enabled)
             await self._sync_index(records)
             if not self._loaded:
                 await self._load_usage()
@@ -330,7 +332,8 @@ class Catalog:
     # -- lookups -------------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return sum(1 for tool in self._tools.values() if tool.enabled)
+        """Servable tools (enabled, on an enabled server), counted when the catalog reloads."""
+        return self._servable
 
     def get(self, exposed_name: str) -> CatalogTool | None:
         """A servable tool by exposed name (disabled tools are not returned)."""

@@ -28,7 +28,15 @@ from retrieval.intent_stage import (
     tool_fields,
 )
 from retrieval.metrics import recall_at
-from retrieval.pipeline import VECTOR_NAMES, Hit, RetrievalSettings, Retriever, ToolRecord, intent_weights
+from retrieval.pipeline import (
+    DESCRIPTION,
+    VECTOR_NAMES,
+    Hit,
+    RetrievalSettings,
+    Retriever,
+    ToolRecord,
+    intent_weights,
+)
 from tests.support import shared_data
 
 # A real compound request (G2_category:13795): the QR-code part drowns the "random word" part
@@ -190,6 +198,74 @@ def test_sub_intents_of_real_requests_are_served_in_the_top_ten(
     assert served >= 0.95 * asked
     # The benchmark measures the gain; on an easy slice the stage must at least not cost recall.
     assert recall_on >= recall_off - 0.5
+
+
+def test_span_candidates_from_stage_one_rank_as_the_index_does(
+    retriever: Retriever, slice_: tuple[Corpus, QuerySet]
+) -> None:
+    # The spans' own dense candidates come from stage 1's lists, scored with the stored rows:
+    # within those lists they rank as a full index query ranks them, and on this slice they
+    # are mostly the index's own best.
+    _, queries = slice_
+    spans = same_head = 0
+    for text in [QR_AND_WORD, *(q.text for q in queries.queries[:20])]:
+        prepared = retriever.prepare(text, intent=True)
+        if prepared.span_vectors is None:
+            continue
+        first = retriever._stage1(text, prepared.vector, 10, None)
+        pool = set(first.dense) | set(first.lexical) | set(first.routed) | {i for p in first.parts for i in p}
+        near = retriever._span_dense(first, prepared.span_vectors)
+        ranked = retriever.index.search_batch(DESCRIPTION, prepared.span_vectors, len(retriever), None)
+        own = retriever._span_dense_index(prepared.span_vectors, None)
+        assert len(near) == len(own) == len(ranked) == len(prepared.span_vectors)
+        for found, everything, best in zip(near, ranked, own, strict=True):
+            spans += 1
+            assert len(found) == min(retriever.settings.intent_pool, len(pool))
+            assert set(found) <= pool
+            scores = dict(everything)
+            in_pool = [scores[i] for i, _ in everything if i in pool]
+            # The same tools as the index's best within the pool (up to float16 rounding).
+            cut = in_pool[len(found) - 1]
+            assert all(scores[i] >= cut - 2e-3 for i in found)
+            same_head += found[0] == best[0]
+    assert spans >= 30
+    assert same_head >= 0.95 * spans
+
+
+def test_span_candidates_read_usage_views(retriever: Retriever) -> None:
+    prepared = retriever.prepare(QR_AND_WORD, intent=True)
+    assert prepared.span_vectors is not None
+    first = retriever._stage1(QR_AND_WORD, prepared.vector, 10, None)
+    before = retriever._span_dense(first, prepared.span_vectors)
+    # A tool of the pool no span picks, used often for the first span's words: its usage view
+    # moves to that span, which then picks it.
+    pool = list(dict.fromkeys([*first.dense, *first.lexical]))
+    chosen = next(i for i in reversed(pool) if all(i not in found for found in before))
+    try:
+        for _ in range(20):
+            retriever.record_use(chosen, prepared.span_vectors[0])
+        after = retriever._span_dense(first, prepared.span_vectors)
+        assert chosen in after[0]
+    finally:
+        retriever.reset_usage()
+    assert retriever._span_dense(first, prepared.span_vectors) == before
+
+
+def test_the_intent_stage_keeps_its_results_without_index_queries_per_span(
+    retriever: Retriever, slice_: tuple[Corpus, QuerySet], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, queries = slice_
+    prepared = [retriever.prepare(q.text, intent=True) for q in queries.queries]
+    pooled = [_ids(retriever.search_prepared(p, 10)) for p in prepared]
+    monkeypatch.setattr(retriever, "_span_dense", lambda _, spans: retriever._span_dense_index(spans, None))
+    indexed = [_ids(retriever.search_prepared(p, 10)) for p in prepared]
+    recall = [
+        (recall_at(a, q.relevant, 5), recall_at(b, q.relevant, 5))
+        for a, b, q in zip(pooled, indexed, queries.queries, strict=True)
+    ]
+    assert sum(a for a, _ in recall) >= sum(b for _, b in recall) - 0.5
+    overlap = [len(set(a) & set(b)) / len(b) for a, b in zip(pooled, indexed, strict=True) if b]
+    assert np.mean(overlap) >= 0.95
 
 
 def test_subspace_scores_and_their_fusion(retriever: Retriever) -> None:
