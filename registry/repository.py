@@ -17,7 +17,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.attributes import flag_modified, set_committed_value
 
 from .errors import DuplicateError, InvalidSpecError, NotFoundError
 from .listing import Reviewed, ToolDiff, review_rows, tool_diff
@@ -69,6 +69,16 @@ def spec_of(server: Server) -> ServerSpec:
     if problem is not None:
         raise CredentialsError(f"{server.name} {problem}")
     return ServerSpec.model_validate({name: getattr(server, name) for name in _SPEC_FIELDS})
+
+
+def _mark_synced(server: Server, at: datetime, error: str | None) -> None:
+    """Record a sync outcome on the row without touching `updated_at`: that column means the
+    server itself changed, and every replica's registry watcher reloads its catalog when it
+    moves. Flagging it keeps its value in the UPDATE, so `onupdate` does not fire."""
+    server.last_sync_at = at
+    server.last_error = error
+    server.status = (ServerStatus.ERROR if error else ServerStatus.OK).value
+    flag_modified(server, "updated_at")
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -330,9 +340,7 @@ class Registry:
             if server is None:  # deleted while syncing: nothing to record
                 return scrub(error, []) if error else None
             stored = scrub(error, self._secret_values(server)) if error else None
-            server.last_sync_at = at or utcnow()
-            server.last_error = stored
-            server.status = (ServerStatus.ERROR if error else ServerStatus.OK).value
+            _mark_synced(server, at or utcnow(), stored)
             await session.commit()
         return stored
 
@@ -475,9 +483,7 @@ class Registry:
             gone = [row for name, row in existing.items() if name not in seen]
             for row in gone:
                 await session.delete(row)
-            server.last_sync_at = now
-            server.last_error = None
-            server.status = ServerStatus.OK.value
+            _mark_synced(server, now, None)
             await session.commit()
         for row, outcome, was_quarantined in reviewed:
             log_review(server.name, row, outcome, was_quarantined)
@@ -509,9 +515,7 @@ class Registry:
                 gone = [row for name, row in rows.items() if name not in seen]
                 for row in gone:
                     await session.delete(row)
-                server.last_sync_at = now
-                server.last_error = None
-                server.status = ServerStatus.OK.value
+                _mark_synced(server, now, None)
                 results.append((server, reviewed, len(gone)))
             await session.commit()
         diffs: list[ToolDiff | None] = []

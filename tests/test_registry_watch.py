@@ -69,3 +69,36 @@ async def test_changes_by_another_writer_are_followed(registry: Registry) -> Non
     assert follower.refreshes == 4
     await watcher.check()
     assert follower.refreshes == 4
+
+
+async def test_sync_bookkeeping_alone_is_not_a_change(registry: Registry) -> None:
+    """Re-syncing an unchanged server (and recording a failed sync) updates its status row but
+    not `updated_at`, so no replica reloads its catalog for it; a changed listing still does."""
+    server = await registry.create_server(ServerSpec(name="weather", command="weather-mcp"))
+    tool = UpstreamTool(name="forecast", description="tomorrow's weather", input_schema={"type": "object"})
+    await registry.apply_tool_lists([(server.id, [tool])])
+    follower = Recorder()
+    watcher = RegistryWatcher(registry, follower, interval_s=1)
+    await watcher.check()
+    before = await registry.get_server(server.id)
+
+    await registry.apply_tool_lists([(server.id, [tool])])
+    await registry.apply_tool_list(server.id, [tool])
+    await registry.record_sync(server.id, error="ConnectError: refused")
+    await watcher.check()
+    assert follower.refreshes == 0
+    after = await registry.get_server(server.id)
+    assert after.updated_at == before.updated_at
+    assert after.status == "error"
+    assert after.last_error == "ConnectError: refused"
+    assert after.last_sync_at is not None
+    assert after.last_sync_at > before.last_sync_at
+
+    await registry.record_sync(server.id, error=None)
+    assert (await registry.get_server(server.id)).status == "ok"
+    changed = UpstreamTool(
+        name="forecast", description="the weather for the next 3 days", input_schema={"type": "object"}
+    )
+    await registry.apply_tool_lists([(server.id, [changed])])
+    await watcher.check()
+    assert follower.refreshes == 1
