@@ -26,7 +26,9 @@ def test_stack_summary_shares(tmp_path: Path) -> None:
 @pytest.mark.e2e
 def test_profile_call_smoke(tmp_path: Path) -> None:
     # 20 calls at 200 Hz leave ~40 busy samples; 5 at 50 Hz left 1-4, and once none in CI.
-    result = profile_gateway.run("call", calls=20, warmup=2, profile="current", spy_rate=200, spy_out=tmp_path)
+    result = profile_gateway.run(
+        "call", calls=20, warmup=2, profile="current", spy_rate=200, spy_out=tmp_path
+    )
     assert result["ms"]["direct"]["p50"] > 0
     assert result["added_ms"]["current"]["p50"] is not None
     assert result["gateway_cpu_ms_per_request"]["current"] > 0
