@@ -2,7 +2,7 @@
 
     python -m bench.memory_replay [--conversations 20] [--sweep-conversations 10] [--smoke]
                                   [--concurrency 2] [--code head|worktree] [--json PATH]
-                                  [--find-limit 5] [--capacity 128]
+                                  [--find-limit 15] [--capacity 40]
 
 Conversations are built from ``../shared/data/toolbench`` (seeded): a conversation is a run of
 tasks, each a multi-tool ToolBench query whose relevant tools t1..tn become n consecutive turns
@@ -22,7 +22,7 @@ imports them through ``POST /admin/import`` and indexes them once; for each sett
 gateway is restarted on the same data directory with other memory settings (the index is
 adopted without re-embedding). Every turn, over ``/mcp`` with the MCP SDK client:
 
-1. ``find_tools(text, limit=5, conversation, mode)`` (``--find-limit``). In autonomous mode, a find refused with
+1. ``find_tools(text, limit=15, conversation, mode)`` (``--find-limit``). In autonomous mode, a find refused with
    "the working set is full" is answered like a model would: ``forget_tools`` with the least
    recently used tools the message lists, then the find once more;
 2. when the needed tool was returned or is in the working set, ``call_tool`` it with minimal
@@ -84,11 +84,13 @@ from retrieval.tokens import listing_tokens, tokenizer_name, tool_definition_tok
 
 SEED = 29
 TURNS = 100
-LIMIT = 5
+# The target setting: a working set of at most 40 tools. At limit 10 a request's first
+# turn finds its tool 86% of the time, which caps the hit rate near 0.89 whatever memory does.
+LIMIT = 15
 CONVERSATIONS = 20
 SWEEP_CONVERSATIONS = 10
 INTERRUPTION_P = 0.25
-CAPACITY = 128
+CAPACITY = 40
 AUTONOMOUS_CAPACITY = 40
 IDLE_TURNS = 3
 IDLE_SWEEP = (1, 2, 5)
@@ -467,7 +469,7 @@ def settings_for(args: argparse.Namespace) -> list[Setting]:
     ]
     for idle in IDLE_SWEEP[:1] if args.smoke else IDLE_SWEEP:
         if sweep > 0:  # --sweep-conversations 0 skips the idle-turns sweep
-            out.append(Setting(f"idle{idle}", CAPACITY, idle, ("workflow", "hybrid"), sweep))
+            out.append(Setting(f"idle{idle}", args.capacity, idle, ("workflow", "hybrid"), sweep))
     return out
 
 

@@ -263,10 +263,11 @@ class GatewayService:
                 logger.warning("%s", exc)
         if self.memory is None:
             return FindOutcome(hits, intent=found.intent, timings=timings)
-        # Only held tools in the plain top `limit` count as returned again: the pages a search
-        # stepped past age out like any idle tool, so the working set stays bounded.
-        top = set(list(by_name)[:limit])
-        scores = {name: by_name[name].score for name in fresh + [m for m in matched if m in top]}
+        # Every held tool ranked above the last fresh card counts as returned again: it still
+        # matches the request, so it outlives idle tools of an earlier topic (the capacity
+        # rule bounds the set). Replayed, this loses a third fewer found-then-pruned tools than
+        # refreshing only the plain top `limit` (bench/memory_replay.py).
+        scores = {name: by_name[name].score for name in fresh + matched}
         started = time.perf_counter()
         try:
             view = await self.memory.on_find(conversation, scores, mode=mode, query=query, matched=matched)

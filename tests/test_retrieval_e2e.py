@@ -167,6 +167,13 @@ async def test_find_call_learn_filter_and_restart(tmp_path: Path) -> None:
             assert again["memory"]["held"] == first_names
             assert again["memory"]["count"] == 4
             assert sorted(again["memory"]["added"]) == sorted(again_names)
+            # Every held match ranked above the new cards counts as returned again, not only
+            # those in the plain top `limit` (the first two).
+            third = (await client.call_tool("find_tools", request)).structured_content
+            assert third is not None
+            assert third["memory"]["held"] == first_names + again_names
+            entries = gateway.http.get("/admin/conversations/chat-2").json()["tools"]
+            assert {entries[name]["last_returned_turn"] for name in first_names + again_names} == {3}
             both = (
                 await client.call_tool("find_tools", {**request, "limit": 4, "include_held": True})
             ).structured_content
