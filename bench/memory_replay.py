@@ -637,7 +637,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "concurrency": max(1, args.concurrency),
             "call_arguments": "required properties only: enum[0], strings 'x', numbers 1, booleans true",
             "autonomous_model": "on 'the working set is full', forget_tools with every least recently used "
-            "tool the message lists (the gateway lists up to 10), then find once more",
+            "tool the message lists (the gateway lists 10, or as many as must go), then find once more",
         },
         "definitions": {
             "turn_text": "the full text of the turn's ToolBench query on every turn of its task (the agent "

@@ -27,13 +27,15 @@ logger = logging.getLogger(__name__)
 class WorkingSetFull(Exception):
     """Autonomous mode at capacity: the model must forget tools before it finds more."""
 
-    def __init__(self, count: int, capacity: int, oldest: Sequence[str]) -> None:
+    def __init__(self, count: int, capacity: int, oldest: Sequence[str], *, needed: int = 1) -> None:
+        """`needed`: how many tools must go before this find's results fit."""
         self.count = count
         self.capacity = capacity
+        self.needed = needed
         self.oldest = list(oldest)
         super().__init__(
-            f"the working set is full ({count}/{capacity} tools): call forget_tools with the tools you "
-            f"no longer need first (least recently used: {', '.join(self.oldest)})"
+            f"the working set is full ({count}/{capacity} tools): call forget_tools with at least "
+            f"{needed} tools you no longer need first (least recently used: {', '.join(self.oldest)})"
         )
 
 
@@ -79,6 +81,8 @@ def fresh_first(ranked: Sequence[str], held: Collection[str], limit: int) -> tup
 
 
 def _oldest(working_set: WorkingSet, n: int = 10) -> list[str]:
+    """The `n` least recently active tools (a refusal lists at least as many as must go, so a
+    model that forgets the list can always search again)."""
     ordered = sorted(working_set.tools.items(), key=lambda item: (item[1].last_active_turn, item[0]))
     return [name for name, _ in ordered[:n]]
 
@@ -146,7 +150,9 @@ class ConversationMemory:
             else:
                 result = add_hits(working_set, turn=number, now=now, hits=hits)
                 if len(result.working_set) > rules.capacity:
-                    raise WorkingSetFull(len(working_set), rules.capacity, _oldest(working_set))
+                    needed = len(result.working_set) - rules.capacity
+                    oldest = _oldest(working_set, max(10, needed))
+                    raise WorkingSetFull(len(working_set), rules.capacity, oldest, needed=needed)
             record = TurnRecord(
                 turn=number,
                 at=now,
@@ -162,7 +168,9 @@ class ConversationMemory:
             change = await self.store.update(conversation, turn)
         except CapacityError as exc:  # only autonomous mode can grow past the capacity
             current = await self.store.get(conversation) or WorkingSet()
-            raise WorkingSetFull(len(current), exc.capacity, _oldest(current)) from None
+            needed = max(1, exc.size - exc.capacity)
+            oldest = _oldest(current, max(10, needed))
+            raise WorkingSetFull(len(current), exc.capacity, oldest, needed=needed) from None
         chosen, result = change.result
         still = tuple(name for name in matched if name in change.working_set.tools)
         view = MemoryView(

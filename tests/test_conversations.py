@@ -49,6 +49,8 @@ async def test_autonomous_refuses_at_capacity_until_the_model_forgets(make_store
     assert "forget_tools" in str(full.value)
     assert full.value.count == 3
     assert set(full.value.oldest) == {"a", "b", "c"}
+    assert full.value.needed == 1  # 3 held + 2 new over a capacity of 4
+    assert "at least 1 tools" in str(full.value)
     forgotten = await memory.forget("c", ["a", "b", "nope"])
     assert set(forgotten.removed) == {"a", "b"}
     assert forgotten.count == 1
@@ -154,3 +156,17 @@ def test_fresh_first_skips_held_tools_and_names_the_ones_it_passed() -> None:
     assert fresh_first(ranked, {"a", "c", "f"}, 3) == (["b", "d", "e"], ["a", "c"])
     assert fresh_first(ranked, set(ranked), 2) == ([], ranked)  # all held: nothing new to show
     assert fresh_first(ranked[:2], set(), 5) == (["a", "b"], [])
+
+
+async def test_a_refusal_lists_as_many_tools_as_must_go(make_store: StoreFactory) -> None:
+    """A find of 15 new tools into a full set of 20 (capacity 20) must free 15: the refusal
+    lists 15 names, not only the first 10, so forgetting them lets the find through."""
+    memory = ConversationMemory(make_store(), mode="autonomous", rules=PruneRules(capacity=20))
+    await memory.on_find("c", hits(*(f"old{i}" for i in range(20))))
+    new = hits(*(f"new{i}" for i in range(15)))
+    with pytest.raises(WorkingSetFull) as full:
+        await memory.on_find("c", new)
+    assert full.value.needed == 15
+    assert len(full.value.oldest) == 15
+    await memory.forget("c", full.value.oldest)
+    assert (await memory.on_find("c", new)).count == 20
