@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from .hashing import definition_hash
 from .models import Server, Tool
@@ -73,6 +74,16 @@ def review_rows(
         settle(row, policy)
         reviewed.append((row, outcome, was_quarantined))
     return reviewed
+
+
+def new_row_values(row: Tool) -> dict[str, Any]:
+    """The column values set on a new, unsaved row, for one multi-row INSERT: the unit of work
+    inserts new rows one statement at a time (it fetches each id), a driver round trip each.
+    Columns never set are left out, so their defaults apply as in a flush."""
+    return {key: row.__dict__[key] for key in _COLUMNS if key in row.__dict__}
+
+
+_COLUMNS = tuple(column.key for column in Tool.__mapper__.column_attrs)
 
 
 def _new_row(server: Server, name: str, definition: Definition) -> Tool:

@@ -13,14 +13,14 @@ from weakref import WeakKeyDictionary
 import anyio
 import numpy as np
 from pydantic import ValidationError
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 from sqlalchemy.orm.attributes import flag_modified, set_committed_value
 
 from .errors import DuplicateError, InvalidSpecError, NotFoundError
-from .listing import Reviewed, ToolDiff, review_rows, tool_diff
+from .listing import Reviewed, ToolDiff, new_row_values, review_rows, tool_diff
 from .models import Server, ServerStatus, Tool, ToolUsage, utcnow
 from .review import ReviewPolicy, approve, log_review, reject
 from .secrets import (
@@ -478,12 +478,16 @@ class Registry:
                 tool.name: tool
                 for tool in await session.scalars(select(Tool).where(Tool.server_id == server_id))
             }
-            reviewed = review_rows(server, existing, listed, policy, now, session.add)
+            created: list[Tool] = []
+            reviewed = review_rows(server, existing, listed, policy, now, created.append)
             seen = {row.name for row, _, _ in reviewed}
             gone = [row for name, row in existing.items() if name not in seen]
+            _mark_synced(server, now, None)
+            # Updates (flushed first by the execute), then inserts, then deletes: a flush's order.
+            if created:
+                await session.execute(insert(Tool), [new_row_values(row) for row in created])
             for row in gone:
                 await session.delete(row)
-            _mark_synced(server, now, None)
             await session.commit()
         for row, outcome, was_quarantined in reviewed:
             log_review(server.name, row, outcome, was_quarantined)
@@ -504,19 +508,26 @@ class Registry:
             for tool in await session.scalars(select(Tool).where(Tool.server_id.in_(list(servers)))):
                 existing[tool.server_id][tool.name] = tool
             results: list[tuple[Server, list[Reviewed], int] | None] = []
+            created: list[Tool] = []
+            gone: list[Tool] = []
             for server_id, listed in listings:
                 server = servers.get(server_id)
                 if server is None:
                     results.append(None)
                     continue
                 rows = existing[server_id]
-                reviewed = review_rows(server, rows, listed, policy, now, session.add)
+                reviewed = review_rows(server, rows, listed, policy, now, created.append)
                 seen = {row.name for row, _, _ in reviewed}
-                gone = [row for name, row in rows.items() if name not in seen]
-                for row in gone:
-                    await session.delete(row)
+                dropped = [row for name, row in rows.items() if name not in seen]
+                gone.extend(dropped)
                 _mark_synced(server, now, None)
-                results.append((server, reviewed, len(gone)))
+                results.append((server, reviewed, len(dropped)))
+            # The new rows of every server in one INSERT (new_row_values says why), after the
+            # updates (flushed first by the execute) and before the deletes, as a flush orders them.
+            if created:
+                await session.execute(insert(Tool), [new_row_values(row) for row in created])
+            for row in gone:
+                await session.delete(row)
             await session.commit()
         diffs: list[ToolDiff | None] = []
         for result in results:
