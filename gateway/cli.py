@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -17,6 +18,16 @@ from . import cli_eval, cli_keys, cli_ops
 from .logs import configure_logging
 from .settings import Settings, SettingsError, load_settings
 
+# The collector's default first threshold (700 allocations) makes a sync of 1,000 servers
+# spend ~5.4 of its ~21 s of CPU in collections, mostly walking the MCP client sessions and the
+# catalog, which live for the whole process. 20,000 cut that to ~1 s (first sync 21 -> 16 s of
+# CPU, unchanged re-sync 9.3 -> 7.8 s); garbage in reference cycles just waits a little longer.
+_GC_THRESHOLDS = (20_000, 20, 10)
+
+
+def _tune_gc() -> None:
+    gc.set_threshold(*_GC_THRESHOLDS)
+
 
 def _serve(settings: Settings) -> int:
     import uvicorn
@@ -29,6 +40,7 @@ def _serve(settings: Settings) -> int:
 
     from .app import create_app
 
+    _tune_gc()
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -49,6 +61,8 @@ def _stdio(settings: Settings) -> int:
 
     from .frontdoor import build_mcp_server
     from .runtime import gateway_runtime
+
+    _tune_gc()
 
     async def main() -> None:
         async with gateway_runtime(settings) as service:
