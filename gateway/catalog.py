@@ -12,12 +12,14 @@ change (import, sync of every server) holds refreshes until it is done, so a bur
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import difflib
 import functools
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,6 +41,7 @@ from retrieval.pipeline import Hit, Retriever, ToolRecord
 from retrieval.usage import UsageState, Vector
 
 from .principal import Scope
+from .registry_watch import Fingerprint, fingerprint
 
 logger = logging.getLogger(__name__)
 # Tools per embedding call. The embedder sorts a call's texts by token count and batches
@@ -161,6 +164,9 @@ class Catalog:
         self._released = anyio.Event()
         self._released.set()
         self.activity = RefreshActivity()
+        # The registry's fingerprint read just before the latest reload read its rows: the
+        # registry watcher skips a change this catalog has already loaded (its own sync's).
+        self.loaded_fingerprint: Fingerprint | None = None
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -200,16 +206,23 @@ class Catalog:
         embedded_before, embed_before = self.embedded, activity.embed_s
         loaded: float | None = None
         try:
+            before = await fingerprint(self._registry)
             rows = await self._registry.all_tools()
             tools, servers, records = self._snapshot(rows)
+            # The ORM rows (~2.7 KB a tool) must not live on through the index sync, which
+            # embeds for as long as a large sync takes: the snapshot holds what it needs.
+            del rows
             loaded = time.perf_counter()
             self._tools, self._servers = tools, servers
+            self.loaded_fingerprint = before
             self._servable = sum(1 for tool in tools.values() if tool.enabled)
             await self._sync_index(records)
+            del records  # of unchanged tools the retriever keeps its own: these are garbage
             if not self._loaded:
                 await self._load_usage()
                 self._loaded = True
             self.ready = True
+            await anyio.to_thread.run_sync(trim_heap)
         finally:
             activity.running = False
             finished, spent = time.perf_counter(), time.process_time() - cpu
@@ -232,6 +245,7 @@ class Catalog:
     def _snapshot(
         self, rows: list[Tool]
     ) -> tuple[dict[str, CatalogTool], dict[str, ServerSpec], list[ToolRecord]]:
+        previous = self._tools
         tools: dict[str, CatalogTool] = {}
         servers: dict[str, ServerSpec] = {}
         records: list[ToolRecord] = []
@@ -240,7 +254,7 @@ class Catalog:
             spec = servers.get(server.name) or spec_of(server)
             servers[server.name] = spec
             enabled = row.enabled and not row.quarantined and server.enabled
-            tools[row.exposed_name] = CatalogTool(
+            tool = _unchanged(previous.get(row.exposed_name), row, server.name, enabled) or CatalogTool(
                 id=row.id,
                 exposed_name=row.exposed_name,
                 server=server.name,
@@ -253,14 +267,17 @@ class Catalog:
                 definition_hash=row.definition_hash,
                 enabled=enabled,
             )
+            tools[row.exposed_name] = tool
+            # Built from the tool's own fields: the retriever keeps the record of an unchanged
+            # tool from the reload that indexed it, so both then hold one copy of its texts.
             text = ToolText(
-                tool_id=row.exposed_name,
-                server=server.name,
+                tool_id=tool.exposed_name,
+                server=tool.server,
                 server_description=server.description,
-                name=row.name,
-                title=row.title or "",
-                description=row.description,
-                input_schema=row.input_schema,
+                name=tool.name,
+                title=tool.title or "",
+                description=tool.description,
+                input_schema=tool.input_schema,
                 examples=(),
             )
             records.append(
@@ -514,6 +531,45 @@ class Catalog:
         if states:
             async with self._lock:
                 await anyio.to_thread.run_sync(self.retriever.load_usage, states)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:  # glibc's; other C libraries (musl, macOS) have none and need none here
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def trim_heap() -> None:
+    """Return the C heap's free pages to the system after a reload. glibc keeps what a build
+    freed (the embedder's batch arrays, the engine's graph-building buffers) in its arenas:
+    measured, trimming left 19 MB less resident after a first build of 20k tools, 78 MB after
+    the index alone built its graph over 100k. Later reloads' transients take some of it back
+    (after five unchanged reloads at 20k tools RSS was the same with or without), so this
+    lowers the resident set between reloads, not the peak of one. Runs in a worker thread."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def _unchanged(old: CatalogTool | None, row: Tool, server: str, enabled: bool) -> CatalogTool | None:
+    """The previous reload's tool when its definition is the same (the hash covers every
+    definition field), with the row's id and state. Keeping it, rather than the row's fresh
+    copy of the schema and texts, keeps them shared with the retriever's record: a new copy
+    each reload beside the retriever's held ~1.3 KB a tool more (13 MB at 10k tools)."""
+    if (
+        old is None
+        or old.definition_hash != row.definition_hash
+        or old.server != server
+        or old.name != row.name
+    ):
+        return None
+    if old.id == row.id and old.enabled == enabled:
+        return old
+    return dataclasses.replace(old, id=row.id, enabled=enabled)
 
 
 def _usage_state(count: int, total: bytes, dim: int) -> UsageState | None:

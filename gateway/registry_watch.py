@@ -37,7 +37,12 @@ class Fingerprint:
 
 
 class Follower(Protocol):
-    """What the watcher drives: the catalog."""
+    """What the watcher drives: the catalog. `loaded_fingerprint` is the registry's
+    fingerprint read just before the follower's latest reload read the rows (None: unknown),
+    so a change this replica made and already reloaded is not reloaded a second time."""
+
+    @property
+    def loaded_fingerprint(self) -> Fingerprint | None: ...
 
     async def refresh(self) -> None: ...
 
@@ -74,7 +79,9 @@ class RegistryWatcher:
         last, self._last = self._last, current
         if last is None:
             return
-        if (current.servers, current.tools) != (last.servers, last.tools):
+        loaded = self._follower.loaded_fingerprint
+        already = loaded is not None and (loaded.servers, loaded.tools) == (current.servers, current.tools)
+        if (current.servers, current.tools) != (last.servers, last.tools) and not already:
             await self._follower.refresh()
             self.refreshes += 1
         if current.usage != last.usage:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,6 +69,9 @@ class EdgeVectorIndex:
         self._dim = dim
         self._hnsw = hnsw or HnswSettings()
         self._path = path
+        # Held while the shard is reopened (see optimize): a count from outside the catalog's
+        # lock (gateway/scoping.py) then waits for the new shard instead of hitting a closed one.
+        self._reopening = threading.Lock()
         self._lock_fd: int | None = _lock(path)
         try:
             self._shard: qe.EdgeShard | None = _open_shard(path, _config(dim, self._names, self._hnsw))
@@ -204,7 +208,8 @@ class EdgeVectorIndex:
         plan = plan_filter(flt, default_enabled_only=False)
         if plan.matches_nothing:
             return 0
-        return self.shard.count(qe.CountRequest(exact=True, filter=_edge_filter(plan)))
+        with self._reopening:
+            return self.shard.count(qe.CountRequest(exact=True, filter=_edge_filter(plan)))
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -213,9 +218,18 @@ class EdgeVectorIndex:
 
         The engine keeps the merged-away segments' files mapped afterwards (at 100k tools
         ~300 MB of resident pages), so the shard is reopened (~0.3 s) when anything was
-        merged. Must not overlap other calls on this index (nothing else runs during a
-        build; the gateway never optimises while serving)."""
+        merged. It is reopened before the build as well: what the writes touched (the
+        write-ahead log's pages, write buffers) is then released instead of staying resident
+        beside the segment the build writes (measured at 100k tools, the index alone: the
+        build's peak RSS 655-658 MB instead of 724-728; that reopen took 1.9 s). Must not
+        overlap other calls on this index but :meth:`count`, which waits out a reopen (the
+        catalog's lock holds the rest off)."""
+        self._reopen()
         if self.shard.optimize():
+            self._reopen()
+
+    def _reopen(self) -> None:
+        with self._reopening:
             self.shard.flush()
             self.shard.close()
             self._shard = None

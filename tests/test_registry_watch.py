@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.registry_watch import RegistryWatcher
+from gateway.registry_watch import Fingerprint, RegistryWatcher, fingerprint
 from registry.db import create_engine, create_sessionmaker
 from registry.repository import Registry
 from registry.specs import ServerSpec, UpstreamTool
@@ -18,6 +18,7 @@ class Recorder:
     def __init__(self) -> None:
         self.refreshes = 0
         self.reloads = 0
+        self.loaded_fingerprint: Fingerprint | None = None
 
     async def refresh(self) -> None:
         self.refreshes += 1
@@ -100,5 +101,21 @@ async def test_sync_bookkeeping_alone_is_not_a_change(registry: Registry) -> Non
         name="forecast", description="the weather for the next 3 days", input_schema={"type": "object"}
     )
     await registry.apply_tool_lists([(server.id, [changed])])
+    await watcher.check()
+    assert follower.refreshes == 1
+
+
+async def test_a_change_the_follower_already_loaded_is_not_reloaded(registry: Registry) -> None:
+    """This replica's own change: its catalog reloaded it (recording the fingerprint it read
+    first), so its watcher does not reload again; a later change by another writer still is."""
+    follower = Recorder()
+    watcher = RegistryWatcher(registry, follower, interval_s=1)
+    await watcher.check()
+    await registry.create_server(ServerSpec(name="weather", command="weather-mcp"))
+    follower.loaded_fingerprint = await fingerprint(registry)  # as Catalog._reload records it
+    await watcher.check()
+    assert follower.refreshes == 0
+
+    await registry.create_server(ServerSpec(name="clock", command="clock-mcp"))  # not loaded
     await watcher.check()
     assert follower.refreshes == 1
