@@ -207,11 +207,14 @@ class Catalog:
         loaded: float | None = None
         try:
             before = await fingerprint(self._registry)
-            rows = await self._registry.all_tools()
-            tools, servers, records = self._snapshot(rows)
-            # The ORM rows (~2.7 KB a tool) must not live on through the index sync, which
-            # embeds for as long as a large sync takes: the snapshot holds what it needs.
-            del rows
+            tools: dict[str, CatalogTool] = {}
+            servers: dict[str, ServerSpec] = {}
+            records: list[ToolRecord] = []
+            # A page of ORM rows at a time (~3.8 KB a tool): neither the load nor the index
+            # sync after it, which embeds for as long as a large sync takes, holds them all.
+            await self._registry.each_tool_page(
+                functools.partial(self._snapshot, tools=tools, servers=servers, records=records)
+            )
             loaded = time.perf_counter()
             self._tools, self._servers = tools, servers
             self.loaded_fingerprint = before
@@ -243,12 +246,16 @@ class Catalog:
             )
 
     def _snapshot(
-        self, rows: list[Tool]
-    ) -> tuple[dict[str, CatalogTool], dict[str, ServerSpec], list[ToolRecord]]:
+        self,
+        rows: list[Tool],
+        *,
+        tools: dict[str, CatalogTool],
+        servers: dict[str, ServerSpec],
+        records: list[ToolRecord],
+    ) -> None:
+        """Copy a page of registry rows into the next catalog (`tools`, `servers`) and the
+        retriever's records; unchanged tools keep the current catalog's objects."""
         previous = self._tools
-        tools: dict[str, CatalogTool] = {}
-        servers: dict[str, ServerSpec] = {}
-        records: list[ToolRecord] = []
         for row in rows:
             server = row.server
             spec = servers.get(server.name) or spec_of(server)
@@ -290,7 +297,6 @@ class Catalog:
                     enabled=enabled,
                 )
             )
-        return tools, servers, records
 
     async def _sync_index(self, records: list[ToolRecord]) -> None:
         retriever = self.retriever

@@ -447,6 +447,22 @@ class Registry:
             rows = await session.scalars(select(Tool).options(selectinload(Tool.server)).order_by(Tool.id))
             return self._connectable(list(rows))
 
+    async def each_tool_page(self, handle: Callable[[list[Tool]], None], *, page_size: int = 1000) -> None:
+        """Every tool, as `all_tools` lists them, handed to `handle` a page at a time inside one
+        read transaction: a catalog reload of 100k tools then never holds every row at once
+        (measured ~3.8 KB of ORM row a tool, ~380 MB at 100k, most of it kept by the C heap
+        afterwards). `handle` must copy what it keeps: the rows are released after it."""
+        async with self._transaction() as session:
+            statement = (
+                select(Tool)
+                .options(selectinload(Tool.server))
+                .order_by(Tool.id)
+                .execution_options(yield_per=page_size)
+            )
+            result = await session.stream_scalars(statement)
+            async for page in result.partitions():
+                handle(self._connectable(list(page)))
+
     async def servable_tools(self) -> list[Tool]:
         """Every enabled, unquarantined tool of every enabled server, with its server loaded."""
         async with self._transaction() as session:

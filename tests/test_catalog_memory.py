@@ -131,12 +131,14 @@ async def test_registry_rows_are_released_before_the_index_syncs(
 ) -> None:
     await _weather(registry)
     rows: list[weakref.ref[Any]] = []
-    all_tools = registry.all_tools
+    each_tool_page = registry.each_tool_page
 
-    async def recording() -> Any:
-        loaded = await all_tools()
-        rows.extend(weakref.ref(row) for row in loaded)
-        return loaded
+    async def recording(handle: Any, *, page_size: int = 1000) -> None:
+        def seen(page: list[Any]) -> None:
+            rows.extend(weakref.ref(row) for row in page)
+            handle(page)
+
+        await each_tool_page(seen, page_size=1)  # a page per row: a page is freed once handled
 
     alive_while_syncing: list[int] = []
     retriever = catalog.retriever
@@ -147,7 +149,7 @@ async def test_registry_rows_are_released_before_the_index_syncs(
         alive_while_syncing.append(sum(ref() is not None for ref in rows))
         return pending(records)
 
-    monkeypatch.setattr(registry, "all_tools", recording)
+    monkeypatch.setattr(registry, "each_tool_page", recording)
     monkeypatch.setattr(retriever, "pending", checking)
     await catalog.refresh()
     assert len(rows) == 2

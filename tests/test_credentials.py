@@ -232,6 +232,9 @@ async def test_a_wrong_key_fails_that_server_clearly_and_the_rest_serve(
     assert spec_of(await registry.get_server(bare.id)).name == "bare"
     # The catalog loads all_tools: the unreadable server's tools drop out, the rest stay.
     assert [t.exposed_name for t in await registry.all_tools()] == ["bare__open_tool"]
+    paged: list[str] = []
+    await registry.each_tool_page(lambda page: paged.extend(t.exposed_name for t in page), page_size=1)
+    assert paged == ["bare__open_tool"]
     assert [t.exposed_name for t in await registry.servable_tools()] == ["bare__open_tool"]
     assert await _raw(database_url, "locked") == stored  # kept for the right key
 

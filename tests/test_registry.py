@@ -255,3 +255,26 @@ async def test_review_migration_keeps_tools_and_rescans_them(database_url: str) 
         assert tool.findings
     finally:
         await engine.dispose()
+
+
+async def test_tool_pages_list_what_all_tools_lists(registry: Registry) -> None:
+    """The catalog's paged load: every tool in id order, with its server loaded, `page_size` a
+    page, the same as `all_tools`."""
+    for index in range(3):
+        server = await registry.create_server(
+            ServerSpec(name=f"s{index}", command="mcp", env={"K": f"v{index}"})
+        )
+        listed = [
+            UpstreamTool(name=f"t{n}", description=f"tool {n}", input_schema={"type": "object"})
+            for n in range(3)
+        ]
+        await registry.apply_tool_list(server.id, listed)
+    pages: list[list[tuple[str, str, dict[str, str]]]] = []
+    await registry.each_tool_page(
+        lambda page: pages.append([(t.exposed_name, t.server.name, dict(t.server.env)) for t in page]),
+        page_size=4,
+    )
+    assert [len(page) for page in pages] == [4, 4, 1]
+    everything = [(t.exposed_name, t.server.name, dict(t.server.env)) for t in await registry.all_tools()]
+    assert [row for page in pages for row in page] == everything
+    assert everything[0][2] == {"K": "v0"}  # credentials decrypted, as the catalog needs them
