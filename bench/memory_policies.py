@@ -113,7 +113,7 @@ def simulate(
 ) -> dict[str, Any]:
     """Workflow mode over the conversations: hit rate, removal ratio, peak, memory misses."""
     rules = PruneRules(idle_turns=idle_turns, capacity=capacity)
-    turns = hits = added = removed = peak = memory_misses = firsts = first_hits = 0
+    turns = hits = added = removed = peak = memory_misses = firsts = first_hits = empty_finds = 0
     for conversation in conversations:
         working_set = WorkingSet()
         ever_returned: set[str] = set()
@@ -123,6 +123,9 @@ def simulate(
             ranked = rankings.ranked[turn.query_id][: min(limit + len(held), limit + MAX_HELD_SKIPPED)]
             score = dict(ranked)
             fresh, matched = fresh_first([name for name, _ in ranked], held, limit)
+            empty_finds += not fresh
+            if not fresh and matched:  # the set holds every match: the best are shown again
+                fresh, matched = matched[:limit], matched[limit:]
             if refresh == "top_limit":
                 top = {name for name, _ in ranked[:limit]}
                 matched = [name for name in matched if name in top]
@@ -159,6 +162,7 @@ def simulate(
         "working_set_peak": peak,
         "memory_misses": memory_misses,
         "misses": turns - hits,
+        "finds_with_no_fresh_card": empty_finds,
     }
 
 

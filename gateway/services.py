@@ -254,6 +254,11 @@ class GatewayService:
             return FindOutcome(found.hits, intent=found.intent, timings=timings)
         by_name = {hit.tool.exposed_name: hit for hit in found.hits}
         fresh, matched = fresh_first(list(by_name), held, limit)
+        if not fresh and matched:
+            # The set holds every match: answer with the best of them again rather than with
+            # nothing (they count as returned again; the rest are named as held).
+            fresh = matched[:limit]
+            matched = matched[limit:]
         hits = [by_name[name] for name in fresh]
         self.tool_stats.record_found(fresh)
         if self.learner is not None and by_name:
@@ -266,7 +271,7 @@ class GatewayService:
         # Every held tool ranked above the last fresh card counts as returned again: it still
         # matches the request, so it outlives idle tools of an earlier topic (the capacity
         # rule bounds the set). Replayed, this loses a third fewer found-then-pruned tools than
-        # refreshing only the plain top `limit` (bench/memory_replay.py).
+        # refreshing only the plain top `limit` (bench/memory_policies.py).
         scores = {name: by_name[name].score for name in fresh + matched}
         started = time.perf_counter()
         try:
