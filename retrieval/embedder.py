@@ -165,6 +165,11 @@ class Embedder(Protocol):
         """Shape (len(texts), dim), float32, L2-normalised rows; empty strings encode too."""
         ...
 
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Each text's length in the model's tokens, after truncation: what its encoding
+        costs. Indexing orders texts by it, so that each batch pads little."""
+        ...
+
 
 class ExportInfo(TypedDict):
     """``export.json``: what an export is and how close it came to torch."""
@@ -320,6 +325,14 @@ class TorchEmbedder:
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """See :meth:`Embedder.token_counts`."""
+        items = _text_list(texts)
+        if not items:
+            return []
+        encoded = self._model.tokenizer(items, truncation=True, max_length=self._model.max_seq_length)
+        return [len(ids) for ids in encoded["input_ids"]]
+
 
 def _load_sentence_transformer(path: Path) -> SentenceTransformer:
     # Belt and braces: the path is local, but nothing may ever reach for the hub here.
@@ -381,6 +394,11 @@ class OnnxEmbedder:
         for chosen in _batches(order, rows, batch_size):
             out[chosen] = self._run([rows[i] for i in chosen])
         return out
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """See :meth:`Embedder.token_counts`."""
+        items = _text_list(texts)
+        return [len(e.ids) for e in self._tokenizer.encode_batch(items)] if items else []
 
     def _run(self, rows: list[list[int]]) -> Vectors:
         ids, mask = _pad(rows, self._pad_id)

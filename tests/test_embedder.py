@@ -118,6 +118,21 @@ def test_deterministic_and_independent_of_order(any_embedder: Embedder) -> None:
     np.testing.assert_allclose(first, reversed_rows, atol=1e-5)
 
 
+def test_token_counts_are_the_models_truncated_lengths(
+    any_embedder: Embedder, torch_embedder: TorchEmbedder, real_texts: list[str]
+) -> None:
+    """Indexing sorts by these counts; every runtime counts the same word pieces, special
+    tokens included, and a long text counts as its truncated length."""
+    texts = ["", "weather in Oslo", "get_stock_price: latest quote", "word " * 2000, *real_texts[:50]]
+    counts = any_embedder.token_counts(texts)
+    assert counts[:3] == [2, 5, 10]  # [CLS] ... [SEP]; "get", "_", "stock", "_", "price", ":", ...
+    assert counts[3] == 256  # all-MiniLM-L6-v2's max_seq_length
+    assert all(2 <= c <= 256 for c in counts)
+    assert any_embedder.token_counts([]) == []
+    # The same counts whatever the runtime (one tokenizer, one truncation rule).
+    assert counts == torch_embedder.token_counts(texts)
+
+
 def test_semantic_sanity(any_embedder: Embedder) -> None:
     query, weather, email = any_embedder.encode(
         [

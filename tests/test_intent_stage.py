@@ -74,6 +74,9 @@ class CountingEmbedder:
         self.calls.append(len(texts))
         return self.inner.encode(texts, batch_size=batch_size)
 
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        return self.inner.token_counts(texts)
+
 
 @pytest.fixture(scope="module")
 def slice_() -> tuple[Corpus, QuerySet]:

@@ -147,14 +147,21 @@ def test_indexing_embeds_by_length_in_few_calls(
             calls.append(len(texts))
             return embedder.encode(texts, batch_size=batch_size)
 
+        def token_counts(self, texts: Sequence[str]) -> list[int]:
+            return embedder.token_counts(texts)
+
     corpus, _ = slice_
     retriever = Retriever(
         Counting(), open_index(None, tmp_path / "index", dim=embedder.dim, vector_names=VECTOR_NAMES)
     )
     records = records_of(corpus)
     pending = retriever.pending(records)
-    lengths = [len(embedding_text(r.text)) for r in pending]
+    assert {r.tool_id for r in pending} == {r.tool_id for r in records}
+    # In model tokens, not characters: character order and token order differ on real texts.
+    lengths = embedder.token_counts([embedding_text(r.text) for r in pending])
     assert lengths == sorted(lengths)
+    by_chars = sorted(records, key=lambda r: len(embedding_text(r.text)))
+    assert embedder.token_counts([embedding_text(r.text) for r in by_chars]) != sorted(lengths)
     assert retriever.upsert(records) == len(records)
     described = len({t.server for t in corpus.tools if t.server_description})
     assert calls == [len(records) + described]  # 200 tools fit one chunk: one call
