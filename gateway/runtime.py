@@ -134,6 +134,7 @@ async def _gateway_runtime(
             call_timeout=settings.call_timeout_s,
             concurrency=settings.upstream_concurrency,
             idle_timeout=settings.upstream_idle_s,
+            max_sessions=settings.upstream_max_sessions,
             on_tools_changed=tools_changed,
             circuit_failures=settings.circuit_failures,
             circuit_cooldown_s=settings.circuit_cooldown_s,

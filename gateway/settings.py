@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     upstream_idle_s: float = Field(
         600.0, ge=0, description="Close upstream connections idle this long; 0 never."
     )
+    upstream_max_sessions: int = Field(
+        256,
+        ge=1,
+        le=100_000,
+        description="Upstream sessions kept open at most; past it the least recently used idle "
+        "ones are closed (each holds ~150 KB; a 2026-07-28 server reconnects without a handshake).",
+    )
 
     find_limit_default: int = Field(5, ge=1, le=50)
     find_limit_max: int = Field(50, ge=1, le=200)

@@ -9,6 +9,15 @@ Each server has a circuit breaker (gateway/circuit.py): after repeated transport
 calls fail fast, without connecting, until a trial call after the cool-down succeeds. Each
 session caps its in-flight calls (`concurrency`); more wait their turn.
 
+The pool holds at most `max_sessions` sessions: past that, the least recently used idle ones
+are closed (a sync of thousands of servers would otherwise keep one open to each, ~150 KB of
+memory a session). Reopening one to a 2026-07-28 server costs no handshake: the server's
+`server/discover` answer is kept and adopted (the SDK's `prior_discover`), and forgotten when a
+session to that server fails.
+
+A session opened while the pool is full opens its list_changed stream only once a call uses
+it.
+
 Leaving the pool drains it: new calls are refused, calls in flight get up to `drain_timeout`
 to finish, then every session, and with it every upstream process, is closed.
 """
@@ -92,11 +101,22 @@ class _Connection:
     done: anyio.Event = field(default_factory=anyio.Event)
     client: Client | None = None
     last_used: float = field(default_factory=time.monotonic)
-    in_flight: int = 0
+    in_flight: int = 0  # calls and listings using the session now
+    # Set when a call uses the session: it then opens its list_changed stream, if it has none.
+    listen_wanted: anyio.Event = field(default_factory=anyio.Event)
 
     @property
     def alive(self) -> bool:
         return self.client is not None and not self.done.is_set() and not _transport_closed(self.client)
+
+
+@dataclass(frozen=True, slots=True)
+class _Discovered:
+    """A modern server's `server/discover` answer, adopted when a session to it is reopened."""
+
+    key: tuple[Any, ...]  # the connection details it was learned with
+    version: str
+    result: types.DiscoverResult
 
 
 def _transport_closed(client: Client) -> bool:
@@ -186,6 +206,7 @@ class UpstreamPool:
         call_timeout: float = 60.0,
         concurrency: int = 16,
         idle_timeout: float = 600.0,
+        max_sessions: int = 256,
         on_tools_changed: ToolsChanged | None = None,
         circuit_failures: int = 5,
         circuit_cooldown_s: float = 30.0,
@@ -199,6 +220,12 @@ class UpstreamPool:
         self._call_timeout = call_timeout
         self._concurrency = concurrency
         self._idle_timeout = idle_timeout
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be at least 1, got {max_sessions}")
+        self._max_sessions = max_sessions
+        self._shrinking = False
+        self._discovered: dict[str, _Discovered] = {}
+        self._listening = 0  # sessions with an open list_changed stream
         self._on_tools_changed = on_tools_changed
         self._circuit_failures = circuit_failures
         self._circuit_cooldown = circuit_cooldown_s
@@ -243,6 +270,7 @@ class UpstreamPool:
         """Every tool the server lists, following `nextCursor` until it is absent."""
         async with self._attempt(spec) as attempt:
             connection = await self._acquire(spec, attempt)
+            connection.in_flight += 1
             try:
                 tools = await self._list_pages(connection, attempt)
             except (UpstreamError, CircuitOpenError):
@@ -255,6 +283,7 @@ class UpstreamPool:
                 self._judge_other(attempt, connection, exc)
                 raise UpstreamError(f"{spec.name}: tools/list failed: {type(exc).__name__}: {exc}") from exc
             finally:
+                connection.in_flight -= 1
                 connection.last_used = time.monotonic()
             attempt.answered()
             return tools
@@ -290,6 +319,7 @@ class UpstreamPool:
             connection = await self._acquire(spec, attempt)
             unreadable = self._unreadable.get(spec.name, 0)
             connection.in_flight += 1
+            connection.listen_wanted.set()
             try:
                 async with connection.limiter:
                     attempt.check()
@@ -344,7 +374,13 @@ class UpstreamPool:
 
     def stats(self) -> dict[str, int]:
         alive = sum(1 for c in self._connections.values() if c.alive)
-        return {"connections": len(self._connections), "alive": alive}
+        return {
+            "connections": len(self._connections),
+            "alive": alive,
+            "max_sessions": self._max_sessions,
+            "discovered": len(self._discovered),
+            "listening": self._listening,
+        }
 
     def status(self, name: str) -> UpstreamStatus:
         """One server's connection, load and circuit (a server never used: idle and closed)."""
@@ -444,15 +480,35 @@ class UpstreamPool:
             attempt.failed(f"{type(exc).__name__}: {exc}")
 
     def _forget_if_dead(self, connection: _Connection, exc: MCPError) -> None:
-        if exc.code == types.CONNECTION_CLOSED and not is_too_large(exc):
+        if exc.code == types.UNSUPPORTED_PROTOCOL_VERSION:
+            self._drop(connection)  # e.g. an adopted version the server no longer speaks
+        elif exc.code == types.CONNECTION_CLOSED and not is_too_large(exc):
             self._drop(connection)
+        elif exc.code == types.REQUEST_TIMEOUT or exc.message == _HTTP_STATUS_ERROR:
+            # Not the server's own answer: negotiate afresh on the next connection.
+            self._discovered.pop(connection.spec.name, None)
 
     def _drop(self, connection: _Connection) -> None:
-        """Stop this connection; the next call opens a fresh one. Another task may already have
-        replaced it under the same name: leave the replacement alone."""
+        """Stop this failed connection; the next call opens a fresh one and negotiates afresh.
+        Another task may already have replaced it under the same name: leave that one alone."""
+        self._discovered.pop(connection.spec.name, None)
+        self._retire(connection)
+
+    def _retire(self, connection: _Connection) -> None:
         if self._connections.get(connection.spec.name) is connection:
             del self._connections[connection.spec.name]
         connection.stop.set()
+
+    def _shrink(self) -> None:
+        """Close the least recently used idle sessions beyond `max_sessions`. Sessions in use
+        stay open, so the pool may exceed the cap while more than that many are busy."""
+        excess = len(self._connections) - self._max_sessions
+        if excess <= 0:
+            return
+        idle = [c for c in self._connections.values() if c.in_flight == 0]
+        idle.sort(key=lambda c: c.last_used)
+        for connection in idle[:excess]:
+            self._retire(connection)
 
     async def _acquire(self, spec: ServerSpec, attempt: Attempt) -> _Connection:
         key = spec.connection_key()
@@ -483,10 +539,13 @@ class UpstreamPool:
                 with detached():
                     await self._group.start(self._serve, connection)
             except Exception as exc:
+                self._discovered.pop(spec.name, None)
                 reason = connect_error(exc)
                 attempt.failed(f"cannot connect: {reason}")
                 raise UpstreamError(f"cannot connect to {spec.name}: {reason}") from exc
             self._connections[spec.name] = connection
+            if len(self._connections) > self._max_sessions:
+                self._shrink()
             return connection
 
     async def _serve(self, connection: _Connection, *, task_status: TaskStatus[None]) -> None:
@@ -498,6 +557,9 @@ class UpstreamPool:
         # The scope wraps the client so both are entered and left in this task; once connected,
         # its deadline is lifted.
         deadline = anyio.CancelScope(deadline=anyio.current_time() + self._connect_timeout)
+        known = self._discovered.get(spec.name)
+        if known is not None and known.key != connection.key:
+            known = None
         try:
             with deadline:
                 client = Client(
@@ -505,15 +567,27 @@ class UpstreamPool:
                     read_timeout_seconds=self._connect_timeout,
                     message_handler=self._message_handler(spec.name),
                     cache=None,  # the registry is our cache; tools/list must reach the server
+                    mode=known.version if known is not None else "auto",
+                    prior_discover=known.result if known is not None else None,
                 )
                 async with client:
                     deadline.deadline = math.inf
+                    discovered = client.session.discover_result
+                    if known is None and discovered is not None:
+                        self._discovered[spec.name] = _Discovered(
+                            connection.key, client.protocol_version, discovered
+                        )
                     connection.client = client
+                    # A session opened while the pool is full is likely to be closed soon (a
+                    # bulk sync cycling through more servers than the cap): it opens its
+                    # list_changed stream only once a call uses it, not for a listing.
+                    if len(self._connections) < self._max_sessions:
+                        connection.listen_wanted.set()
                     task_status.started()
                     started = True
                     async with anyio.create_task_group() as group:
                         if self._wants_listen(client):
-                            group.start_soon(self._listen, client, spec.name)
+                            group.start_soon(self._listen_when_wanted, connection, client)
                         await connection.stop.wait()
                         group.cancel_scope.cancel()
             if not started:
@@ -534,12 +608,20 @@ class UpstreamPool:
             and bool(tools.list_changed)
         )
 
+    async def _listen_when_wanted(self, connection: _Connection, client: Client) -> None:
+        await connection.listen_wanted.wait()
+        await self._listen(client, connection.spec.name)
+
     async def _listen(self, client: Client, name: str) -> None:
         """2026-07-28 servers send `tools/list_changed` only on a `subscriptions/listen` stream."""
         try:
             async with client.listen(tools_list_changed=True) as subscription:
-                async for _event in subscription:
-                    await self._tools_changed(name)
+                self._listening += 1
+                try:
+                    async for _event in subscription:
+                        await self._tools_changed(name)
+                finally:
+                    self._listening -= 1
         except Exception as exc:  # losing the stream only costs us push updates; interval sync remains
             logger.info("list_changed stream of %s ended: %s", name, exc)
 

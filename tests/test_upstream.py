@@ -415,3 +415,72 @@ def test_the_line_reader_is_bounded_and_keeps_in_step() -> None:
     error = _too_large(skipped[0], 100)
     assert not isinstance(error, Exception)
     assert error.message.id == 7  # type: ignore[union-attr]
+
+
+async def test_the_pool_closes_its_least_recently_used_idle_sessions_past_the_cap() -> None:
+    """A sync of more servers than `max_sessions` keeps at most that many open (~150 KB each);
+    a session in use is never closed under its call."""
+    async with UpstreamPool(connect_timeout=20, idle_timeout=0, max_sessions=2) as pool:
+        specs = [stdio_spec(f"cap{i}") for i in range(4)]
+        for spec in specs[:2]:
+            await pool.list_tools(spec)
+        assert len(children_of(os.getpid())) == 2
+        async with anyio.create_task_group() as group:
+            # cap0 is the least recently used, but busy: cap1 goes instead.
+            group.start_soon(pool.call_tool, specs[0], "sleep", {"seconds": 2})
+            await wait_until(lambda: pool.status("cap0").in_flight == 1, timeout=10)
+            await pool.list_tools(specs[2])
+            assert {n for n in ("cap0", "cap1", "cap2") if pool.status(n).connected} == {"cap0", "cap2"}
+        # cap0's call ended after cap2 was listed: cap2 is now the least recently used.
+        await pool.list_tools(specs[3])
+        assert {n for n in ("cap0", "cap2", "cap3") if pool.status(n).connected} == {"cap0", "cap3"}
+        assert pool.stats()["connections"] == 2
+        await wait_until(lambda: len(children_of(os.getpid())) == 2, timeout=10)
+        # A closed session reopens on its next use and answers as before.
+        assert await _pid(pool, specs[1])
+
+
+async def test_a_reopened_session_adopts_the_servers_discover_answer(http_echo: ServerProcess) -> None:
+    """Reconnecting to a 2026-07-28 server costs no handshake: the first session's
+    `server/discover` answer is kept and adopted by the next one, until a session fails."""
+    async with UpstreamPool(connect_timeout=20, idle_timeout=0) as pool:
+        spec = ServerSpec(name="web", transport="http", url=http_echo.url)
+        await pool.list_tools(spec)
+        first = pool._connections["web"].client
+        assert first is not None
+        answer, version = first.session.discover_result, first.protocol_version
+        assert answer is not None
+        assert pool.stats()["discovered"] == 1
+        await pool.close("web")
+        assert (await pool.call_tool(spec, "add", {"a": 1, "b": 2})).structured_content == {"sum": 3}
+        second = pool._connections["web"].client
+        assert second is not None
+        assert second is not first
+        assert second.session.discover_result is answer  # adopted, not probed again
+        assert second.protocol_version == version
+        with anyio.fail_after(20), pytest.raises(UpstreamError):
+            await pool.call_tool(spec, "crash", {})
+        assert pool.stats()["discovered"] == 0  # a failed session: negotiate afresh next time
+
+
+async def test_a_session_opened_at_the_cap_listens_for_changes_once_a_call_uses_it() -> None:
+    changed: list[str] = []
+
+    async def on_changed(name: str) -> None:
+        changed.append(name)
+
+    async with UpstreamPool(
+        connect_timeout=20, idle_timeout=0, max_sessions=1, on_tools_changed=on_changed
+    ) as pool:
+        await pool.list_tools(stdio_spec("first"))
+        await wait_until(lambda: pool.stats()["listening"] == 1, timeout=10)  # the pool had room
+        toggler = stdio_spec("toggler")
+        before = {t.name for t in await pool.list_tools(toggler)}  # opened while full: no stream
+        assert not pool.status("first").connected
+        await anyio.sleep(0.5)
+        assert pool.stats()["listening"] == 0
+        await pool.call_tool(toggler, "echo", {"text": "x"})
+        await wait_until(lambda: pool.stats()["listening"] == 1, timeout=10)
+        await pool.call_tool(toggler, "toggle_tool", {})
+        await wait_until(lambda: changed == ["toggler"], timeout=10)
+        assert {t.name for t in await pool.list_tools(toggler)} ^ before == {"surprise"}
