@@ -461,7 +461,9 @@ class Retriever:
         """Embed ``query`` (and, with an intent, its sub-intent spans) for
         :meth:`search_prepared`. ``intent``: True parses with the built-in parser, an
         :class:`Intent` (from the LLM parser) is used as given, False runs no intent stage.
-        The intent comes back with domain hints; ``vector`` is what :meth:`embed_query` returns."""
+        The intent comes back with domain hints. ``vector`` is what :meth:`embed_query`
+        returns, except for a request of several sub-intents with
+        ``settings.intent_whole_from_spans``: then it is the spans' length-weighted mean."""
         text = dense_query(query) if self.settings.compact_query else query
         if intent is False:
             return PreparedQuery(query, self.embedder.encode([text])[0])
@@ -478,13 +480,20 @@ class Retriever:
             intent = parser.with_domains(intent, np.tile(vector, (len(subs), 1)))
             return PreparedQuery(query, vector, intent, None, parse_s)
         spans = [dense_query(s.span) if self.settings.compact_query else s.span for s in subs]
-        # One call. The embedder batches by length, so with a batch of len(spans) the spans
-        # (parts of the query, shorter) share one batch and the query runs alone: its vector is
-        # exactly embed_query's, and the spans are not padded to the query's width.
-        vectors = self.embedder.encode([text, *spans], batch_size=len(spans))
-        span_vectors = np.ascontiguousarray(vectors[1:], dtype=np.float32)
+        if self.settings.intent_whole_from_spans:
+            span_vectors = np.ascontiguousarray(
+                self.embedder.encode(spans, batch_size=len(spans)), dtype=np.float32
+            )
+            whole = _length_weighted_mean(span_vectors, spans)
+        else:
+            # One call. The embedder batches by length, so with a batch of len(spans) the spans
+            # (parts of the query, shorter) share one batch and the query runs alone: its vector
+            # is exactly embed_query's, and the spans are not padded to the query's width.
+            vectors = self.embedder.encode([text, *spans], batch_size=len(spans))
+            span_vectors = np.ascontiguousarray(vectors[1:], dtype=np.float32)
+            whole = vectors[0]
         intent = parser.with_domains(intent, span_vectors)
-        return PreparedQuery(query, vectors[0], intent, span_vectors, parse_s)
+        return PreparedQuery(query, whole, intent, span_vectors, parse_s)
 
     def search(
         self,
@@ -889,6 +898,16 @@ class _Stage1:
     fused: dict[str, float]
     candidates: list[tuple[str, float]]  # the pool, best first
     allowed: Callable[[str], bool] | None
+
+
+def _length_weighted_mean(vectors: np.ndarray, texts: Sequence[str]) -> Vector:
+    """The unit-length mean of `vectors`, each weighted by its text's length: a request's vector
+    from the vectors of the spans it consists of."""
+    weights = np.array([max(len(t), 1) for t in texts], dtype=np.float32)
+    mean = weights @ vectors
+    norm = float(np.linalg.norm(mean))
+    unit: Vector = (mean / norm if norm > 0 else mean).astype(np.float32)
+    return unit
 
 
 def _payload(record: ToolRecord, embedder: str = "") -> dict[str, object]:

@@ -54,6 +54,10 @@ class RetrievalSettings:
     # more embedding call's worth of latency (the spans).
     intent: bool = True
     intent_single: bool = False  # also for a request of one sub-intent (else: the plain pipeline)
+    # With two or more sub-intents, the request's own vector is the mean of its spans' vectors
+    # (weighted by length) instead of a model run of its own: the spans cover the request,
+    # and the query's run was ~40% of preparing it (see Retriever.prepare).
+    intent_whole_from_spans: bool = True
     intent_pool: int = 10  # a span's own dense and lexical candidates
     intent_dense: float = 2.0  # object: span <-> description
     intent_lexical: float = 1.0  # object: the span's BM25

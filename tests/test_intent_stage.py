@@ -37,6 +37,7 @@ from retrieval.pipeline import (
     ToolRecord,
     intent_weights,
 )
+from retrieval.text import dense_query
 from tests.support import shared_data
 
 # A real compound request (G2_category:13795): the QR-code part drowns the "random word" part
@@ -114,7 +115,7 @@ def _ids(hits: Sequence[Hit]) -> list[str]:
     return [hit.tool_id for hit in hits]
 
 
-def test_prepare_embeds_the_query_and_the_spans_in_one_call(
+def test_prepare_embeds_only_the_spans_and_averages_them_for_the_request(
     retriever: Retriever, embedder: CountingEmbedder
 ) -> None:
     embedder.calls.clear()
@@ -123,10 +124,17 @@ def test_prepare_embeds_the_query_and_the_spans_in_one_call(
     assert prepared.span_vectors is not None
     subs = prepared.intent.sub_intents
     assert len(subs) == 3
-    assert embedder.calls == [1 + len(subs)]
+    assert embedder.calls == [len(subs)]  # one call, the spans only: no run for the whole request
     assert prepared.span_vectors.shape == (len(subs), embedder.dim)
-    # The whole request's vector is exactly what embed_query returns (usage learning reads it).
-    assert np.array_equal(prepared.vector, retriever.embed_query(QR_AND_WORD))
+    # The request's vector is the unit-length, length-weighted mean of its spans' vectors,
+    # close to the request's own embedding (usage learning reads it).
+    spans = [dense_query(s.span) for s in subs]
+    weights = np.array([len(s) for s in spans], dtype=np.float32)
+    expected = weights @ prepared.span_vectors
+    np.testing.assert_allclose(prepared.vector, expected / np.linalg.norm(expected), atol=1e-6)
+    assert abs(float(np.linalg.norm(prepared.vector)) - 1.0) < 1e-5
+    own = retriever.embed_query(QR_AND_WORD)
+    assert float(own @ prepared.vector) > 0.8
     assert 0.0 < prepared.parse_s < 0.05
     # Domain hints come from the server and category centroids of the catalog.
     assert subs[1].domains
@@ -136,7 +144,24 @@ def test_prepare_embeds_the_query_and_the_spans_in_one_call(
     plain = retriever.prepare(QR_AND_WORD)
     assert plain.intent is None
     assert plain.span_vectors is None
-    assert np.array_equal(plain.vector, prepared.vector)
+    assert np.array_equal(plain.vector, own)
+
+
+def test_prepare_can_embed_the_request_itself_beside_its_spans(
+    retriever: Retriever, embedder: CountingEmbedder
+) -> None:
+    """`intent_whole_from_spans` off: the request and its spans in one call, and the request's
+    vector is exactly embed_query's."""
+    saved = retriever.settings
+    retriever.settings = dataclasses.replace(saved, intent_whole_from_spans=False)
+    try:
+        embedder.calls.clear()
+        prepared = retriever.prepare(QR_AND_WORD, intent=True)
+        assert prepared.intent is not None
+        assert embedder.calls == [1 + len(prepared.intent.sub_intents)]
+        assert np.array_equal(prepared.vector, retriever.embed_query(QR_AND_WORD))
+    finally:
+        retriever.settings = saved
 
 
 def test_without_an_intent_stage_search_is_unchanged(
