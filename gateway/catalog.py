@@ -274,7 +274,7 @@ class Catalog:
                 definition_hash=row.definition_hash,
                 enabled=enabled,
             )
-            tools[row.exposed_name] = tool
+            tools[tool.exposed_name] = tool  # the kept tool's string: no second copy per reload
             # Built from the tool's own fields: the retriever keeps the record of an unchanged
             # tool from the reload that indexed it, so both then hold one copy of its texts.
             text = ToolText(
@@ -332,6 +332,8 @@ class Catalog:
         if index.optimizes_in_background or self._unoptimized < self.retriever.settings.optimize_after:
             return
         began = time.perf_counter()
+        # The graph build is the reload's memory peak: hand freed heap back to the OS first.
+        await anyio.to_thread.run_sync(trim_heap)
         async with self._lock:  # every index call runs under this lock: nothing overlaps
             await anyio.to_thread.run_sync(index.optimize)
         self._unoptimized = 0

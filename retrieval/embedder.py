@@ -328,10 +328,13 @@ class TorchEmbedder:
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         """See :meth:`Embedder.token_counts`."""
         items = _text_list(texts)
-        if not items:
-            return []
-        encoded = self._model.tokenizer(items, truncation=True, max_length=self._model.max_seq_length)
-        return [len(ids) for ids in encoded["input_ids"]]
+        counts: list[int] = []
+        for start in range(0, len(items), _COUNT_SLICE):
+            encoded = self._model.tokenizer(
+                items[start : start + _COUNT_SLICE], truncation=True, max_length=self._model.max_seq_length
+            )
+            counts.extend(len(ids) for ids in encoded["input_ids"])
+        return counts
 
 
 def _load_sentence_transformer(path: Path) -> SentenceTransformer:
@@ -375,6 +378,7 @@ class OnnxEmbedder:
         self._tokenizer = _load_tokenizer(export_dir / "tokenizer.json", self.info["max_length"])
         self._session = _ort_session(export_dir / "model.onnx", threads or _usable_cores())
         self._wants_token_types = any(i.name == "token_type_ids" for i in self._session.get_inputs())
+        self._shrink_arena = _shrink_run_options()
 
     def encode(self, texts: Sequence[str], *, batch_size: int = 64) -> Vectors:
         """See :meth:`Embedder.encode`."""
@@ -391,23 +395,36 @@ class OnnxEmbedder:
         rows = [e.ids for e in self._tokenizer.encode_batch(items)]
         # Similar lengths in one batch keep padding, i.e. wasted compute, small.
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-        for chosen in _batches(order, rows, batch_size):
-            out[chosen] = self._run([rows[i] for i in chosen])
+        batches = list(_batches(order, rows, batch_size))
+        for number, chosen in enumerate(batches):
+            # The runtime's arena grows to the widest batch (150-190 MB while indexing) and
+            # keeps it; the last batch of a call hands it back, before e.g. the graph build.
+            last = number == len(batches) - 1
+            out[chosen] = self._run([rows[i] for i in chosen], shrink=last)
         return out
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
-        """See :meth:`Embedder.token_counts`."""
+        """See :meth:`Embedder.token_counts`. In slices: the tokenizer's output objects take
+        ~7 KB a text (offsets, tokens, masks), ~700 MB held at once for 100k texts."""
         items = _text_list(texts)
-        return [len(e.ids) for e in self._tokenizer.encode_batch(items)] if items else []
+        counts: list[int] = []
+        for start in range(0, len(items), _COUNT_SLICE):
+            counts.extend(
+                len(e.ids) for e in self._tokenizer.encode_batch(items[start : start + _COUNT_SLICE])
+            )
+        return counts
 
-    def _run(self, rows: list[list[int]]) -> Vectors:
+    def _run(self, rows: list[list[int]], *, shrink: bool = False) -> Vectors:
         ids, mask = _pad(rows, self._pad_id)
         feed = {"input_ids": ids, "attention_mask": mask}
         if self._wants_token_types:
             feed["token_type_ids"] = np.zeros_like(ids)
-        hidden: NDArray[np.float32] = self._session.run(None, feed)[0]
+        options = self._shrink_arena if shrink else None
+        hidden: NDArray[np.float32] = self._session.run(None, feed, options)[0]
         return _normalise(_mean_pool(hidden, mask))
 
+
+_COUNT_SLICE = 1024  # texts tokenized at once by token_counts
 
 # Attention activations grow with batch x width^2: 64 texts of 256 word pieces took ~1.5 GB
 # (kept afterwards by the runtime's arena), so long texts go in smaller batches. Measured on
@@ -469,6 +486,14 @@ def _usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
+
+
+def _shrink_run_options() -> Any:
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
 
 
 def _ort_session(path: Path, threads: int) -> Any:

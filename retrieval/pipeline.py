@@ -50,6 +50,7 @@ USAGE = "usage"
 VECTOR_NAMES = (DESCRIPTION, USAGE)
 _EMBED_TEXT_CHARS = 1000  # MiniLM reads ~256 word pieces; more text only costs time
 EMBED_BATCH = 64
+_ADOPT_PAGE = 1000  # tools whose stored vectors a restart reads back per index call
 _MAX_PAST_QUERIES = 10_000  # nearest-query votes scan this many recent queries at most (15 MB)
 _CHUNK_BATCHES = 8  # batches per embed call in upsert: progress granularity vs. sorting scope
 _MIN_ROWS = 1024  # first capacity of the description matrix (it grows as it fills)
@@ -327,7 +328,15 @@ class Retriever:
 
     def adopt(self, records: Sequence[ToolRecord]) -> list[ToolRecord]:
         """Take over tools already in a persisted index at the same version and embedder (a
-        restart); returns the records that still need `upsert`. Embeds server texts only."""
+        restart); returns the records that still need `upsert`. Embeds server texts only.
+        A page of tools at a time: the index hands vectors back as Python lists, ~8 KB a
+        tool, which for 100k tools at once was ~800 MB of the restart's peak."""
+        missing: list[ToolRecord] = []
+        for start in range(0, len(records), _ADOPT_PAGE):
+            missing.extend(self._adopt_page(records[start : start + _ADOPT_PAGE]))
+        return missing
+
+    def _adopt_page(self, records: Sequence[ToolRecord]) -> list[ToolRecord]:
         ids = [r.tool_id for r in records]
         stored = self.index.get_vectors(ids, DESCRIPTION)
         payloads = self.index.get_payloads(ids)

@@ -119,7 +119,10 @@ def test_deterministic_and_independent_of_order(any_embedder: Embedder) -> None:
 
 
 def test_token_counts_are_the_models_truncated_lengths(
-    any_embedder: Embedder, torch_embedder: TorchEmbedder, real_texts: list[str]
+    any_embedder: Embedder,
+    torch_embedder: TorchEmbedder,
+    real_texts: list[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Indexing sorts by these counts; every runtime counts the same word pieces, special
     tokens included, and a long text counts as its truncated length."""
@@ -131,6 +134,9 @@ def test_token_counts_are_the_models_truncated_lengths(
     assert any_embedder.token_counts([]) == []
     # The same counts whatever the runtime (one tokenizer, one truncation rule).
     assert counts == torch_embedder.token_counts(texts)
+    # Counted a slice at a time (the tokenizer's output is large): the slices line up.
+    monkeypatch.setattr(embedder_module, "_COUNT_SLICE", 4)
+    assert any_embedder.token_counts(texts) == counts
 
 
 def test_semantic_sanity(any_embedder: Embedder) -> None:

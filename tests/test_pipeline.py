@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from retrieval import pipeline as pipeline_module
 from retrieval.corpus import Corpus, QuerySet, load_toolbench
 from retrieval.embedder import OnnxEmbedder, load_onnx
 from retrieval.evaluate import EvalOptions, evaluate, holdout_split, records_of
@@ -96,9 +97,17 @@ def test_usage_moves_a_tool_toward_its_queries(
     assert retriever.record_use("no/such tool", vector) is None
 
 
+@pytest.mark.parametrize("page", [1000, 7])
 def test_a_reopened_index_is_adopted_without_re_embedding(
-    embedder: OnnxEmbedder, slice_: tuple[Corpus, QuerySet], tmp_path: Path
+    embedder: OnnxEmbedder,
+    slice_: tuple[Corpus, QuerySet],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    page: int,
 ) -> None:
+    """Adopted a page of tools at a time (7: many pages, one ending short); changed tools come
+    back as missing, whichever page they are on."""
+    monkeypatch.setattr(pipeline_module, "_ADOPT_PAGE", page)
     corpus, queries = slice_
     first = _retriever(embedder, tmp_path / "index")
     first.upsert(records_of(corpus))
@@ -106,8 +115,13 @@ def test_a_reopened_index_is_adopted_without_re_embedding(
     first.index.close()
 
     second = _retriever(embedder, tmp_path / "index")
-    missing = second.adopt(records_of(corpus))
-    assert missing == []
+    records = records_of(corpus)
+    changed = {records[3].tool_id, records[-1].tool_id}
+    records = [dataclasses.replace(r, version="2") if r.tool_id in changed else r for r in records]
+    missing = second.adopt(records)
+    assert {r.tool_id for r in missing} == changed
+    assert len(second) == len(records) - len(changed)
+    second.upsert(missing)
     assert [h.tool_id for h in second.search(queries.queries[1].text, 5)] == expected
 
 
