@@ -322,6 +322,8 @@ class Catalog:
                 await anyio.to_thread.run_sync(retriever.store, batch, embedded)
             self.embedded += len(batch)
             self.indexing = max(0, len(pending) - start - len(batch))
+        if pending:
+            await anyio.to_thread.run_sync(retriever.embedder.release_memory)
         self._unoptimized += len(pending)
         await self._maybe_optimize()
 

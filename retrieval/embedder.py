@@ -170,6 +170,12 @@ class Embedder(Protocol):
         costs. Indexing orders texts by it, so that each batch pads little."""
         ...
 
+    def release_memory(self) -> None:
+        """Hand back working memory kept from large batches (after indexing). onnxruntime
+        keeps its arena at the size of the widest batch, 150-190 MB after indexing here;
+        shrinking it after every call of 512 texts cost 2.5% of indexing throughput."""
+        ...
+
 
 class ExportInfo(TypedDict):
     """``export.json``: what an export is and how close it came to torch."""
@@ -325,6 +331,9 @@ class TorchEmbedder:
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
+    def release_memory(self) -> None:
+        """See :meth:`Embedder.release_memory`: torch's CPU allocator has nothing to hand back."""
+
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         """See :meth:`Embedder.token_counts`."""
         items = _text_list(texts)
@@ -395,13 +404,13 @@ class OnnxEmbedder:
         rows = [e.ids for e in self._tokenizer.encode_batch(items)]
         # Similar lengths in one batch keep padding, i.e. wasted compute, small.
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-        batches = list(_batches(order, rows, batch_size))
-        for number, chosen in enumerate(batches):
-            # The runtime's arena grows to the widest batch (150-190 MB while indexing) and
-            # keeps it; the last batch of a call hands it back, before e.g. the graph build.
-            last = number == len(batches) - 1
-            out[chosen] = self._run([rows[i] for i in chosen], shrink=last)
+        for chosen in _batches(order, rows, batch_size):
+            out[chosen] = self._run([rows[i] for i in chosen])
         return out
+
+    def release_memory(self) -> None:
+        """See :meth:`Embedder.release_memory`: one short run with arena shrinkage."""
+        self._run([[self._pad_id]], shrink=True)
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         """See :meth:`Embedder.token_counts`. In slices: the tokenizer's output objects take

@@ -66,6 +66,8 @@ class Embedder(Protocol):
 
     def token_counts(self, texts: Sequence[str]) -> list[int]: ...
 
+    def release_memory(self) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class ToolRecord:
@@ -251,6 +253,8 @@ class Retriever:
             self.store(part, self.embed(part, batch_size=batch_size))
             if progress is not None:
                 progress(len(part))
+        if changed:
+            self.embedder.release_memory()
         return len(changed)
 
     def pending(self, records: Sequence[ToolRecord]) -> list[ToolRecord]:

@@ -78,6 +78,9 @@ class CountingEmbedder:
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         return self.inner.token_counts(texts)
 
+    def release_memory(self) -> None:
+        self.inner.release_memory()
+
 
 @pytest.fixture(scope="module")
 def slice_() -> tuple[Corpus, QuerySet]:

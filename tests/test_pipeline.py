@@ -164,6 +164,9 @@ def test_indexing_embeds_by_length_in_few_calls(
         def token_counts(self, texts: Sequence[str]) -> list[int]:
             return embedder.token_counts(texts)
 
+        def release_memory(self) -> None:
+            embedder.release_memory()
+
     corpus, _ = slice_
     retriever = Retriever(
         Counting(), open_index(None, tmp_path / "index", dim=embedder.dim, vector_names=VECTOR_NAMES)
