@@ -7,6 +7,11 @@ so terms present in most documents still count a little instead of subtracting.
 A query walks only the postings of its own terms. ``add`` and ``remove`` update postings,
 document frequencies and the total length directly, so after any sequence of changes the
 scores equal those of a fresh build over the same documents.
+
+A top-k search skips most postings of common words (MaxScore): once the rarer terms alone
+give k documents a score that no document holding only the remaining, weaker terms can reach,
+those terms are looked up for the surviving candidates only. The results, scores included,
+are the same as scoring every posting.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from __future__ import annotations
 import math
 import sys
 from array import array
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -24,6 +30,19 @@ from retrieval.text import PHRASE_PREFIX, STOPWORDS, normalize, split_words
 
 DEFAULT_K1 = 1.2
 DEFAULT_B = 0.75
+# Below this many postings in a query, scoring every posting is as fast as pruning.
+_PRUNE_MIN_POSTINGS = 8192
+# Bounds and partial sums are added in another order than the exact scores: a margin far
+# above float64 rounding keeps every document that could tie at the cut.
+_BOUND_SLACK = 1e-9
+
+
+class _Term(NamedTuple):
+    """One query term's postings as score contributions, slots ascending."""
+
+    slots: NDArray[np.int32]
+    values: NDArray[np.float32]
+    top: float  # the largest contribution: a bound on what the term adds to any document
 
 
 class LexicalIndex:
@@ -55,7 +74,7 @@ class LexicalIndex:
         # Per query term (and whether it is an exact-name key): its slots and score
         # contributions, int32 and float32 (8 bytes a posting; this cache can come to hold
         # the postings of most query words).
-        self._contributions: dict[tuple[str, bool], tuple[NDArray[np.int32], NDArray[np.float32]]] = {}
+        self._contributions: dict[tuple[str, bool], _Term] = {}
 
     @classmethod
     def build(cls, docs: Iterable[ToolText], k1: float = DEFAULT_K1, b: float = DEFAULT_B) -> LexicalIndex:
@@ -153,9 +172,10 @@ class LexicalIndex:
             self._contributions = {}
         return self._norms
 
-    def _contribution(self, term: str, exact: bool) -> tuple[NDArray[np.int32], NDArray[np.float32]] | None:
-        """A term's postings as arrays: slots and their score contributions. Cached until the
-        index changes (any change moves the IDF or the average length)."""
+    def _contribution(self, term: str, exact: bool) -> _Term | None:
+        """A term's postings as score contributions, slots ascending (so a document's
+        contribution can be looked up). Cached until the index changes (any change moves the
+        IDF or the average length)."""
         key = (term, exact)
         cached = self._contributions.get(key)
         if cached is not None:
@@ -168,35 +188,116 @@ class LexicalIndex:
         # Copies, not views: a packed array cannot grow while numpy holds its buffer.
         slots = np.array(postings[0], dtype=np.int32)
         tfs = np.array(postings[1], dtype=np.float64)
+        order = np.argsort(slots, kind="stable")
+        slots, tfs = slots[order], tfs[order]
         # An exact-name match skips length normalisation (see _score).
         norms = self._k1 if exact else length_norms[slots]
         values = (weight * tfs / (tfs + norms)).astype(np.float32)
-        self._contributions[key] = (slots, values)
-        return slots, values
+        found = _Term(slots, values, float(values.max()))
+        self._contributions[key] = found
+        return found
+
+    def _terms_of(self, query: str) -> list[_Term]:
+        """The query's terms that occur in the index, in query order."""
+        self._length_norms()
+        found = (self._contribution(term, is_exact) for term, is_exact in query_terms(query))
+        return [term for term in found if term is not None]
 
     def _score(self, query: str) -> tuple[NDArray[np.float64], NDArray[np.intp]]:
         """Per-slot scores and the slots that matched at least one query term."""
-        self._length_norms()
+        return self._score_terms(self._terms_of(query))
+
+    def _score_terms(self, terms: Sequence[_Term]) -> tuple[NDArray[np.float64], NDArray[np.intp]]:
         scores = np.zeros(len(self._ids), dtype=np.float64)
-        for term, is_exact in query_terms(query):
-            found = self._contribution(term, is_exact)
-            if found is not None:
-                slots, values = found
-                scores[slots] += values
+        for term in terms:
+            scores[term.slots] += term.values
         # Every contribution is positive (IDF > 0, tf > 0), so a matched slot scores > 0.
         return scores, np.flatnonzero(scores)
 
     def _ranked_prefix(self, scores: NDArray[np.float64], candidates: NDArray[np.intp], n: int) -> list[int]:
         """The first ``n`` candidates by score desc then tool_id (all of them if fewer)."""
-        if len(candidates) > n:
-            values = scores[candidates]
+        return [int(candidates[k]) for k in self._best(scores[candidates], candidates, n)]
+
+    def _top_pruned(self, terms: Sequence[_Term], n: int) -> list[tuple[int, float]] | None:
+        """The ``n`` best ``(slot, score)`` by score desc then tool_id, by MaxScore; None when
+        pruning would not save work (the caller then scores every posting).
+
+        The terms with short postings are summed first, until ``n`` documents have a partial
+        score; the n-th best of those, ``floor``, is a lower bound on the final n-th best. The
+        weakest of the other terms, while their largest contributions together stay below
+        it, are never scanned: a document holding only them cannot reach the top ``n``. The
+        rest are summed too; the candidates whose partial score plus that bound could still
+        reach the floor are then scored exactly, every term looked up in query order (the
+        same float sums as scoring every posting, so the same scores and order)."""
+        total = sum(len(term.slots) for term in terms)
+        by_length = sorted(range(len(terms)), key=lambda i: len(terms[i].slots))
+        summed: list[int] = []
+        scanned = 0
+        for i in by_length:
+            size = len(terms[i].slots)
+            if scanned >= n and scanned + size > total // 4:
+                break
+            summed.append(i)
+            scanned += size
+        partial = self._sum(terms, summed)
+        rest = sorted((i for i in by_length if i not in summed), key=lambda i: terms[i].top)
+        if not rest:
+            return None  # nothing left to skip
+        candidates = _union([terms[i].slots for i in summed])
+        if len(candidates) < n:
+            return None
+        floor = float(np.partition(partial[candidates], len(candidates) - n)[len(candidates) - n])
+        skipped: list[int] = []
+        bound = 0.0  # the most the skipped terms add to any document
+        for i in rest:  # weakest first
+            if bound + terms[i].top >= floor - _BOUND_SLACK:
+                break
+            bound += terms[i].top
+            skipped.append(i)
+        needed = rest[len(skipped) :]
+        if not skipped or scanned + sum(len(terms[i].slots) for i in needed) > total // 2:
+            return None  # most postings are needed anyway: the plain scan is cheaper
+        if needed:
+            partial += self._sum(terms, needed)
+            summed += needed
+        if needed:
+            candidates = _union([terms[i].slots for i in summed])
+            # More terms summed: a higher floor.
+            floor = float(np.partition(partial[candidates], len(candidates) - n)[len(candidates) - n])
+        # Add the skipped terms to the candidates that could still reach the floor, strongest
+        # first, dropping those that no longer can.
+        survivors = candidates[partial[candidates] + bound >= floor - _BOUND_SLACK]
+        approx = partial[survivors]
+        for i in reversed(skipped):
+            bound -= terms[i].top
+            approx += _lookup(terms[i], survivors)
+            keep = approx + bound >= floor - _BOUND_SLACK
+            survivors, approx = survivors[keep], approx[keep]
+        if len(survivors) > n:  # `approx` is the score summed in another order
+            nth = np.partition(approx, len(approx) - n)[len(approx) - n]
+            survivors = survivors[approx >= nth - 2 * _BOUND_SLACK]
+        exact = np.zeros(len(survivors), dtype=np.float64)
+        for term in terms:
+            exact += _lookup(term, survivors)
+        return [(int(survivors[k]), float(exact[k])) for k in self._best(exact, survivors, n)]
+
+    def _sum(self, terms: Sequence[_Term], chosen: Sequence[int]) -> NDArray[np.float64]:
+        """Per-slot sums of the chosen terms' contributions, in one pass."""
+        slots = np.concatenate([terms[i].slots for i in chosen])
+        values = np.concatenate([terms[i].values for i in chosen])
+        sums = np.bincount(slots, weights=values, minlength=len(self._ids)).astype(np.float64, copy=False)
+        return sums
+
+    def _best(self, values: NDArray[np.float64], slots: NDArray[np.integer], n: int) -> list[int]:
+        """Indices into ``slots`` of the ``n`` best by value desc then tool_id."""
+        chosen = np.arange(len(slots))
+        if len(chosen) > n:
             # Everything scoring at least the n-th best competes (ties straddling the cut
             # are then broken on tool_id below).
             cutoff = np.partition(values, len(values) - n)[len(values) - n]
-            candidates = candidates[values >= cutoff]
+            chosen = chosen[values >= cutoff]
         ids = self._ids
-        best = sorted(candidates.tolist(), key=lambda slot: (-scores[slot], ids[slot]))
-        return best[:n]
+        return sorted(chosen.tolist(), key=lambda k: (-values[k], ids[slots[k]]))[:n]
 
     def scores(self, query: str) -> dict[str, float]:
         """BM25 score of every document that shares at least one term with ``query``."""
@@ -213,20 +314,46 @@ class LexicalIndex:
         """
         if k <= 0 or not self._slot:
             return []
-        scores, candidates = self._score(query)
+        terms = self._terms_of(query)
+        prune = sum(len(term.slots) for term in terms) >= _PRUNE_MIN_POSTINGS
+        dense: tuple[NDArray[np.float64], NDArray[np.intp]] | None = None
         results: list[tuple[str, float]] = []
         checked, n = 0, k
         while True:
-            ranked = self._ranked_prefix(scores, candidates, n)
-            for slot in ranked[checked:]:
+            ranked = self._top_pruned(terms, n) if prune and dense is None else None
+            if ranked is None:
+                if dense is None:
+                    dense = self._score_terms(terms)  # kept: a deeper look reuses it
+                scores, candidates = dense
+                ranked = [(slot, float(scores[slot])) for slot in self._ranked_prefix(scores, candidates, n)]
+            for slot, score in ranked[checked:]:
                 tool_id = self._ids[slot]
                 if allowed is None or allowed(tool_id):
-                    results.append((tool_id, float(scores[slot])))
+                    results.append((tool_id, score))
                     if len(results) == k:
                         return results
             if len(ranked) < n:
                 return results  # every candidate has been seen
             checked, n = n, n * 4
+
+
+def _lookup(term: _Term, slots: NDArray[np.int32]) -> NDArray[np.float32]:
+    """The term's contribution to each of ``slots`` (0 where it does not occur)."""
+    at = np.minimum(np.searchsorted(term.slots, slots), len(term.slots) - 1)
+    return np.where(term.slots[at] == slots, term.values[at], np.float32(0.0))
+
+
+def _union(sorted_slots: Sequence[NDArray[np.int32]]) -> NDArray[np.int32]:
+    """The distinct slots of several postings (numpy's hash-based ``unique`` took ~1 ms for
+    the ~20k slots of a query's rarer terms at 100k tools; a stable sort of int32 is a radix
+    sort)."""
+    joined = np.sort(np.concatenate(sorted_slots), kind="stable")
+    if len(joined) < 2:
+        return joined
+    keep = np.empty(len(joined), dtype=bool)
+    keep[0] = True
+    np.not_equal(joined[1:], joined[:-1], out=keep[1:])
+    return joined[keep]
 
 
 def query_terms(query: str) -> list[tuple[str, bool]]:

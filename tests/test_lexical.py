@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from retrieval import lexical as lexical_module
+from retrieval.corpus import load_toolbench
 from retrieval.documents import (
     MAX_FIELD_TOKENS,
     MAX_SCHEMA_DEPTH,
@@ -499,3 +501,50 @@ def test_query_terms_are_tokenize_and_phrase_key(query: str) -> None:
     if key is not None:
         expected.append((key, True))
     assert query_terms(query) == expected
+
+
+@pytest.fixture(scope="module")
+def toolbench_and_toolsdk() -> tuple[list[ToolText], list[str]]:
+    """All 10,489 real tools and 150 real requests, with each request's sentences."""
+    corpus, queries = load_toolbench(shared_data(), distractors=True)
+    texts = [q.text for q in queries.queries[::5]]
+    return list(corpus.tools), texts + [part for text in texts for part in query_parts(text)]
+
+
+def test_pruned_search_equals_scoring_every_posting(
+    toolbench_and_toolsdk: tuple[list[ToolText], list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MaxScore skips the postings of weak terms; results and scores must be exactly those of
+    the full scan, at every depth, with a filter, and after the index changes."""
+    tools, requests = toolbench_and_toolsdk
+    index = LexicalIndex.build(tools)
+    pruned_runs: list[bool] = []
+    real = index._top_pruned
+
+    def counted(*args: Any) -> Any:
+        found = real(*args)
+        pruned_runs.append(found is not None)
+        return found
+
+    monkeypatch.setattr(index, "_top_pruned", counted)
+    some_servers = {t.server for t in tools[::7]}
+
+    def allowed(tool_id: str) -> bool:
+        return tool_id.split("/")[0] in some_servers or tool_id.startswith("@")
+
+    def run(prune: bool) -> list[list[tuple[str, float]]]:
+        monkeypatch.setattr(lexical_module, "_PRUNE_MIN_POSTINGS", 0 if prune else 10**12)
+        out = []
+        for text in requests:
+            for k in (1, 10, 64):
+                out.append(index.search(text, k))
+            out.append(index.search(text, 20, allowed=allowed))
+        return out
+
+    assert run(prune=True) == run(prune=False)
+    assert sum(pruned_runs) > 0.5 * len(pruned_runs), "the pruned path must do most of the work"
+    for tool_text in tools[:500]:
+        index.remove(tool_text.tool_id)
+    for tool_text in tools[:250]:
+        index.add(tool_text)
+    assert run(prune=True) == run(prune=False)
