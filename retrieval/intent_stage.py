@@ -8,7 +8,7 @@ bench/intent_tune.py; those marked 0 did not help there and are not computed):
 
 - object: the span's cosine to each tool's description vector (2), and the span's BM25 (1);
 - domain: the span's cosine to the tool's server (0), and the parser's domain hints, server
-  and category labels, naming the tool's server or category (0);
+  and category labels, naming the tool's server or category (0.5);
 - action: the sub-intent's verb against the tool's name words and its description's first
   verb (0);
 - parameters: the IDF share of the object's words among the tool's parameter names (0.5);
@@ -17,6 +17,12 @@ bench/intent_tune.py; those marked 0 did not help there and are not computed):
 - context: the whole request's stage-2 score of the tool (0), and family: the best such score
   on the tool's server (1): requests often use several tools of one server, so a span's match
   on the server the whole request points at counts most.
+
+Two terms join the fused scores (bench/retrieval_toolbench.py --tune on the TUNE split chose
+them; ToolBench 5-fold multi-tool C@10 with the stage on 0.770 -> 0.799): server agreement
+(:func:`cohere`: a candidate gains from its server's best score in the *other* sub-intents) and
+co-usage (:class:`CoUsage`: a candidate gains the share of a sub-intent head's past requests
+that used it too). Neither searches nor embeds.
 
 The merge is rank fusion (:func:`merge`): a sub-intent's best tool ranks like the whole
 request's best. Measured on TUNE, it beat a round-robin of the sub-intents' lists and xQuAD's
@@ -313,6 +319,26 @@ def fuse(features: Mapping[str, NDArray[np.float64]], weights: SubspaceWeights) 
     return _scale_max(total)
 
 
+def cohere(scores: NDArray[np.float64], servers: Sequence[str], weight: float) -> NDArray[np.float64]:
+    """Server agreement across sub-intents: each listed candidate (score > 0) of a sub-intent
+    gains ``weight`` times the mean, over the *other* sub-intents, of the best score any tool
+    of its server reaches there. Requests often need several tools of one server, one per
+    clause ("search the tweets ..., then get their retweets"), and ToolBench's catalog holds
+    near-duplicates of most tools on other servers: of two equal matches for a clause, the one
+    whose server also serves the other clauses is the likelier. Ranks within a sub-intent
+    change, never which tools it lists. O(subs x candidates); no search, no embedding."""
+    rows = scores.shape[0]
+    if weight == 0.0 or rows < 2 or scores.size == 0:
+        return scores
+    codes: dict[str, int] = {}
+    column = np.fromiter((codes.setdefault(s, len(codes)) for s in servers), np.intp, len(servers))
+    best = np.zeros((rows, len(codes)))
+    np.maximum.at(best, (np.repeat(np.arange(rows), len(column)), np.tile(column, rows)), scores.ravel())
+    on_server = best[:, column]  # (subs, n): the best score on each candidate's server
+    others = (on_server.sum(axis=0, keepdims=True) - on_server) / (rows - 1)
+    return np.where(scores > 0.0, scores + weight * others, scores)
+
+
 def merge(
     whole: NDArray[np.float64], subs: NDArray[np.float64], *, mix: float, k: float
 ) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
@@ -335,13 +361,22 @@ def merge(
 
 
 def intent_ranking(
-    cands: Candidates, scores: NDArray[np.float64], limit: int, *, mix: float, k: float
+    cands: Candidates,
+    scores: NDArray[np.float64],
+    limit: int,
+    *,
+    mix: float,
+    k: float,
+    bonus: NDArray[np.float64] | None = None,
 ) -> list[tuple[str, float, int | None]]:
     """The best ``limit`` candidates after :func:`merge` of the whole request's ranking with the
     sub-intents' fused ``scores``: (tool id, score, the sub-intent it serves or None). A tool
     serves a sub-intent that ranks it among its first few; of several, the first not served
-    by an earlier hit, else the one ranking it best."""
+    by an earlier hit, else the one ranking it best. ``bonus`` (one value per candidate, e.g.
+    :meth:`CoUsage.share` times its weight) is added to the merged scores."""
     fused, ranks = merge(_scale_range(cands.context[None, :])[0], scores, mix=mix, k=k)
+    if bonus is not None:
+        fused = fused + bonus
     position = {tool_id: n for n, tool_id in enumerate(cands.ids)}
     served: set[int] = set()
     out: list[tuple[str, float, int | None]] = []
@@ -354,6 +389,76 @@ def intent_ranking(
             served.add(serves)
         out.append((tool_id, score, serves))
     return out
+
+
+class CoUsage:
+    """Which tools past requests used together (what :meth:`Retriever.record_use` saw, one
+    request's uses grouped): per tool the requests that used it, per pair those that used
+    both. A request's clauses often need tools that earlier requests used together (a
+    search and the details of what it found, a lookup and the id it needs), which no text
+    similarity sees. Counts change by O(tools of one request) per use."""
+
+    def __init__(self) -> None:
+        self._uses: dict[str, int] = {}
+        self._pairs: dict[str, dict[str, int]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._pairs)
+
+    def add(self, tool_id: str, before: Sequence[str]) -> None:
+        """One more use of ``tool_id`` by a request that already used ``before``."""
+        self._uses[tool_id] = self._uses.get(tool_id, 0) + 1
+        for other in before:
+            for a, b in ((tool_id, other), (other, tool_id)):
+                row = self._pairs.setdefault(a, {})
+                row[b] = row.get(b, 0) + 1
+
+    def forget(self, tools: Sequence[str]) -> None:
+        """Drop one past request that used ``tools``."""
+        for n, tool_id in enumerate(tools):
+            self._uses[tool_id] = self._uses.get(tool_id, 1) - 1
+            if self._uses[tool_id] <= 0:
+                del self._uses[tool_id]
+            for other in tools[:n]:
+                for a, b in ((tool_id, other), (other, tool_id)):
+                    row = self._pairs.get(a)
+                    if row is not None and b in row:
+                        row[b] -= 1
+                        if row[b] <= 0:
+                            del row[b]
+                        if not row:
+                            del self._pairs[a]
+
+    def clear(self) -> None:
+        self._uses.clear()
+        self._pairs.clear()
+
+    def share(self, scores: NDArray[np.float64], ids: Sequence[str], heads: int) -> NDArray[np.float64]:
+        """Per candidate, the most any head tool (each sub-intent's ``heads`` best by
+        ``scores``) says of it: the share of the head's past requests that used it too (0..1;
+        a head is not its own evidence)."""
+        out = np.zeros(len(ids))
+        if scores.size == 0 or heads <= 0:
+            return out
+        chosen = dict.fromkeys(int(c) for c in _top_k_columns(scores, heads).ravel().tolist())
+        position = {tool_id: n for n, tool_id in enumerate(ids)}
+        for c in chosen:
+            head = ids[c]
+            row = self._pairs.get(head)
+            if not row:
+                continue
+            uses = self._uses.get(head, 0)
+            for other, both in row.items():
+                n = position.get(other)
+                if n is not None and n != c and uses > 0:
+                    out[n] = max(out[n], both / uses)
+        return out
+
+
+def _top_k_columns(scores: NDArray[np.float64], k: int) -> NDArray[np.intp]:
+    """Per row, the columns of its ``k`` best scores (ties in column order)."""
+    k = min(k, scores.shape[1])
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
 
 def _ranks(rows: NDArray[np.float64]) -> NDArray[np.int64]:

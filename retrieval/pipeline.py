@@ -31,9 +31,11 @@ from .index import IndexedTool, IndexFilter, VectorIndex, tool_payload
 from .intent import Intent, IntentParser
 from .intent_stage import (
     Candidates,
+    CoUsage,
     IntentCatalog,
     PreparedQuery,
     build_candidates,
+    cohere,
     fuse,
     intent_ranking,
     reads_only,
@@ -216,6 +218,9 @@ class Retriever:
         # Past queries (vector, tools they used) for the nearest-query votes; in memory only.
         self._past: list[tuple[Vector, tuple[str, ...]]] = []
         self._past_matrix: np.ndarray | None = None
+        # Co-usage of the past queries above (the intent stage's co-usage term): per tool, the
+        # past queries that used it, and per pair of tools, the queries that used both.
+        self._co = CoUsage()
         self._intent = IntentCatalog()
 
     # -- indexing ------------------------------------------------------------------------------
@@ -428,9 +433,13 @@ class Retriever:
             vector, tools = self._past[-1]
             if tool_id not in tools:
                 self._past[-1] = (vector, (*tools, tool_id))
+                self._co.add(tool_id, tools)
         else:
             self._past.append((np.asarray(query_vector, dtype=np.float32), (tool_id,)))
+            self._co.add(tool_id, ())
             if len(self._past) > _MAX_PAST_QUERIES:
+                for _, old in self._past[: len(self._past) - _MAX_PAST_QUERIES]:
+                    self._co.forget(old)
                 del self._past[: len(self._past) - _MAX_PAST_QUERIES]
         self._past_matrix = None
 
@@ -452,6 +461,7 @@ class Retriever:
         self._has_usage = False
         self._past.clear()
         self._past_matrix = None
+        self._co.clear()
 
     def _apply_usage(self, tool_id: str, state: UsageState) -> None:
         description = self._vectors.get(tool_id)
@@ -609,10 +619,13 @@ class Retriever:
         weights = intent_weights(s)
         if weights.active():
             features = subspace_scores(intent.sub_intents, cands, self.lexical.idf, weights.active())
-            scores = fuse(features, weights)
+            scores = cohere(fuse(features, weights), cands.servers, s.intent_cohere)
         else:  # nothing weighs anything: the whole request's ranking alone
             scores = np.zeros((len(intent.sub_intents), len(cands.ids)))
-        ranked = intent_ranking(cands, scores, limit, mix=s.intent_mix, k=s.intent_rank_k)
+        bonus = None
+        if s.intent_co_usage and self._co:
+            bonus = s.intent_co_usage * self._co.share(scores, cands.ids, s.intent_co_heads)
+        ranked = intent_ranking(cands, scores, limit, mix=s.intent_mix, k=s.intent_rank_k, bonus=bonus)
         if adaptive:
             kept = len(
                 adaptive_cut([(tool_id, score) for tool_id, score, _ in ranked], s.cut_gap, s.cut_keep)

@@ -62,14 +62,22 @@ class RetrievalSettings:
     intent_dense: float = 2.0  # object: span <-> description
     intent_lexical: float = 1.0  # object: the span's BM25
     intent_server: float = 0.0  # domain: span <-> server
-    intent_domain: float = 0.0  # domain: the parser's server and category hints
+    intent_domain: float = 0.5  # domain: the parser's server and category hints
     intent_action: float = 0.0  # action <-> name and leading verb
     intent_params: float = 0.5  # parameters <-> input-schema fields
     intent_usage: float = 0.0  # usage <-> usage vector
     intent_named: float = 2.0  # the tool or its server named outright
     intent_context: float = 0.0  # the whole request's stage-2 score
     intent_family: float = 1.0  # the best whole-request score among the tool's server
-    intent_siblings: int = 5  # the tools of the servers of the whole request's best N join
+    # Server agreement (intent_stage.cohere): a candidate of one sub-intent gains this share of
+    # the best score its server reaches in the other sub-intents. 0 leaves the ranks as fused.
+    intent_cohere: float = 0.5
+    # Co-usage (intent_stage.CoUsage): a candidate gains this times the share of a head tool's
+    # past requests (each sub-intent's intent_co_heads best) that also used it. Learns from
+    # recorded uses only (0 without them).
+    intent_co_usage: float = 0.2
+    intent_co_heads: int = 1
+    intent_siblings: int = 10  # the tools of the servers of the whole request's best N join
     intent_mix: float = 1.0  # merge: weight of the sub-intents' rankings against the whole one
     intent_rank_k: float = 2.0  # merge: the rank-fusion constant (small: the heads count most)
 

@@ -18,9 +18,11 @@ from retrieval.evaluate import records_of
 from retrieval.index import IndexFilter, open_index
 from retrieval.intent import Intent, SubIntent
 from retrieval.intent_stage import (
+    CoUsage,
     IntentCatalog,
     ToolFields,
     action_score,
+    cohere,
     fuse,
     merge,
     reads_only,
@@ -354,6 +356,45 @@ def test_merge_gives_each_sub_intent_its_best_tool_a_head_rank() -> None:
     flat, none = merge(whole, np.zeros((1, 50)), mix=0.7, k=5.0)
     assert [int(i) for i in np.argsort(-flat, kind="stable")] == list(range(50))
     assert set(none.ravel().tolist()) == {-1}
+
+
+def test_cohere_favours_the_server_the_other_sub_intents_point_at() -> None:
+    # Two near-duplicates for sub-intent 0 (tools 0 on server A, 1 on server B, B slightly
+    # ahead); sub-intent 1 is best served by server A's tool 2.
+    scores = np.array([[0.9, 1.0, 0.0, 0.2], [0.1, 0.0, 1.0, 0.3]])
+    servers = ["A", "B", "A", "C"]
+    out = cohere(scores, servers, 0.5)
+    assert out[0, 0] > out[0, 1]  # A also serves sub-intent 1
+    assert out[0, 2] == 0.0  # a tool a sub-intent does not list stays unlisted
+    assert np.array_equal(cohere(scores, servers, 0.0), scores)
+    assert np.array_equal(cohere(scores[:1], servers, 0.5), scores[:1])  # one sub-intent: unchanged
+
+
+def test_co_usage_counts_tools_used_together_and_forgets() -> None:
+    co = CoUsage()
+    assert not co
+    co.add("a", ())
+    co.add("b", ("a",))  # one request used a and b
+    co.add("a", ())  # another used a alone
+    ids = ["a", "b", "c"]
+    scores = np.array([[1.0, 0.5, 0.2]])  # head: a
+    assert co.share(scores, ids, 1).tolist() == [0.0, 0.5, 0.0]
+    co.forget(("a", "b"))
+    assert co.share(scores, ids, 1).tolist() == [0.0, 0.0, 0.0]
+    assert not co
+
+
+def test_recorded_uses_feed_co_usage(retriever: Retriever) -> None:
+    ids = retriever.tool_ids()[:2]
+    vector = retriever.embed_query("one request using two tools")
+    try:
+        for tool_id in ids:
+            retriever.record_use(tool_id, vector)
+        share = retriever._co.share(np.array([[1.0, 0.0]]), ids, 1)
+        assert share.tolist() == [0.0, 1.0]
+    finally:
+        retriever.reset_usage()
+    assert not retriever._co
 
 
 def test_action_subspace_reads_the_name_and_leading_verb() -> None:
