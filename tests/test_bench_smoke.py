@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench import sync_scale, throughput
+from bench import lexical_prune, sync_scale, throughput
 
 pytestmark = pytest.mark.e2e
 
@@ -42,3 +42,14 @@ def test_sync_scale_smoke() -> None:
     assert 0 < result["sync_s"] < result["import_and_sync_s"]
     assert result["embedder"]["texts_per_s_mean"] > 0
     assert result["gateway_peak_rss_mb"] > 0
+
+
+def test_lexical_prune_smoke() -> None:
+    result = lexical_prune.run(2, tools=300, queries=4)
+    assert result["tools"] == 600
+    assert result["queries"] == 4
+    for mode in ("off", "on"):
+        row = result["search_p50_ms"][mode]
+        assert row["full_scan"] > 0
+        assert row["maxscore"] > 0
+        assert row["ratio"] == round(row["maxscore"] / row["full_scan"], 3)
