@@ -31,7 +31,6 @@ from .index import IndexedTool, IndexFilter, VectorIndex, tool_payload
 from .intent import Intent, IntentParser
 from .intent_stage import (
     Candidates,
-    CoUsage,
     IntentCatalog,
     PreparedQuery,
     build_candidates,
@@ -42,6 +41,7 @@ from .intent_stage import (
     subspace_scores,
 )
 from .lexical import LexicalIndex
+from .past import PastRequests
 from .settings import RetrievalSettings as RetrievalSettings
 from .settings import intent_weights as intent_weights
 from .text import dense_query, query_parts, split_words
@@ -53,7 +53,6 @@ VECTOR_NAMES = (DESCRIPTION, USAGE)
 _EMBED_TEXT_CHARS = 1000  # MiniLM reads ~256 word pieces; more text only costs time
 EMBED_BATCH = 64
 _ADOPT_PAGE = 1000  # tools whose stored vectors a restart reads back per index call
-_MAX_PAST_QUERIES = 10_000  # nearest-query votes scan this many recent queries at most (15 MB)
 _CHUNK_BATCHES = 8  # batches per embed call in upsert: progress granularity vs. sorting scope
 _MIN_ROWS = 1024  # first capacity of the description matrix (it grows as it fills)
 
@@ -215,12 +214,9 @@ class Retriever:
         # read them per query, and a round trip to the index per candidate costs milliseconds.
         self._vectors = VectorRows(embedder.dim)
         self._has_usage = False
-        # Past queries (vector, tools they used) for the nearest-query votes; in memory only.
-        self._past: list[tuple[Vector, tuple[str, ...]]] = []
-        self._past_matrix: np.ndarray | None = None
-        # Co-usage of the past queries above (the intent stage's co-usage term): per tool, the
-        # past queries that used it, and per pair of tools, the queries that used both.
-        self._co = CoUsage()
+        # Past requests and the tools they used: the nearest-query votes and the intent stage's
+        # co-usage read them; the gateway stores them and replays them at start.
+        self.past = PastRequests()
         self._intent = IntentCatalog()
 
     # -- indexing ------------------------------------------------------------------------------
@@ -424,24 +420,8 @@ class Retriever:
         state = add_use(self.usage.get(tool_id), query_vector)
         self.usage.put(tool_id, state)
         self._apply_usage(tool_id, state)
-        self._remember_query(tool_id, query_vector)
+        self.past.add(tool_id, query_vector)
         return state
-
-    def _remember_query(self, tool_id: str, query_vector: Vector) -> None:
-        # One row per query: uses of several tools by the same query extend its row.
-        if self._past and np.array_equal(self._past[-1][0], query_vector):
-            vector, tools = self._past[-1]
-            if tool_id not in tools:
-                self._past[-1] = (vector, (*tools, tool_id))
-                self._co.add(tool_id, tools)
-        else:
-            self._past.append((np.asarray(query_vector, dtype=np.float32), (tool_id,)))
-            self._co.add(tool_id, ())
-            if len(self._past) > _MAX_PAST_QUERIES:
-                for _, old in self._past[: len(self._past) - _MAX_PAST_QUERIES]:
-                    self._co.forget(old)
-                del self._past[: len(self._past) - _MAX_PAST_QUERIES]
-        self._past_matrix = None
 
     def load_usage(self, states: Mapping[str, UsageState]) -> None:
         """Seed usage evidence (from persistent storage) for tools already indexed."""
@@ -459,9 +439,7 @@ class Retriever:
                 self.index.update_vectors(tool_id, {USAGE: description})
         self.usage.clear()
         self._has_usage = False
-        self._past.clear()
-        self._past_matrix = None
-        self._co.clear()
+        self.past.clear()
 
     def _apply_usage(self, tool_id: str, state: UsageState) -> None:
         description = self._vectors.get(tool_id)
@@ -623,8 +601,8 @@ class Retriever:
         else:  # nothing weighs anything: the whole request's ranking alone
             scores = np.zeros((len(intent.sub_intents), len(cands.ids)))
         bonus = None
-        if s.intent_co_usage and self._co:
-            bonus = s.intent_co_usage * self._co.share(scores, cands.ids, s.intent_co_heads)
+        if s.intent_co_usage and self.past.co:
+            bonus = s.intent_co_usage * self.past.co.share(scores, cands.ids, s.intent_co_heads)
         ranked = intent_ranking(cands, scores, limit, mix=s.intent_mix, k=s.intent_rank_k, bonus=bonus)
         if adaptive:
             kept = len(
@@ -863,7 +841,11 @@ class Retriever:
             for i in ids
         }
         coherence = normalise_max(server_support(base, server_of))
-        votes = normalise_max(self._votes(vector, ids)) if s.refine_votes else dict.fromkeys(ids, 0.0)
+        votes = (
+            normalise_max(self.past.votes(vector, ids, s.votes_k))
+            if s.refine_votes
+            else dict.fromkeys(ids, 0.0)
+        )
         out = {}
         for i in ids:
             state = self.usage.get(i)
@@ -889,27 +871,6 @@ class Retriever:
             sims = (self._vectors.rows(known) @ np.asarray(part_vectors, np.float32).T).max(axis=1)
             best.update(zip(known, sims.tolist(), strict=True))
         return normalise_range(best)
-
-    def _votes(self, vector: Vector, ids: Sequence[str]) -> dict[str, float]:
-        """Tool2Vec's nearest-query view: the k past queries most like this one vote for the
-        tools they used, each vote weighted by the similarity."""
-        if self._past_matrix is None:
-            if not self._past:
-                return dict.fromkeys(ids, 0.0)
-            self._past_matrix = np.vstack([v for v, _ in self._past]).astype(np.float32)
-        sims = self._past_matrix @ vector
-        k = min(self.settings.votes_k, len(sims))
-        nearest = np.argpartition(-sims, k - 1)[:k]
-        wanted = set(ids)
-        votes = dict.fromkeys(ids, 0.0)
-        for row in nearest:
-            sim = float(sims[row])
-            if sim <= 0.0:
-                continue
-            for tool_id in self._past[row][1]:
-                if tool_id in wanted:
-                    votes[tool_id] += sim
-        return votes
 
 
 @dataclass(frozen=True, slots=True)

@@ -390,11 +390,11 @@ def test_recorded_uses_feed_co_usage(retriever: Retriever) -> None:
     try:
         for tool_id in ids:
             retriever.record_use(tool_id, vector)
-        share = retriever._co.share(np.array([[1.0, 0.0]]), ids, 1)
+        share = retriever.past.co.share(np.array([[1.0, 0.0]]), ids, 1)
         assert share.tolist() == [0.0, 1.0]
     finally:
         retriever.reset_usage()
-    assert not retriever._co
+    assert not retriever.past.co
 
 
 def test_action_subspace_reads_the_name_and_leading_verb() -> None:
