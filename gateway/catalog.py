@@ -22,14 +22,12 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import anyio
 import httpx
-import numpy as np
 
-from registry.models import Tool, utcnow
+from registry.models import Tool
 from registry.repository import Registry, spec_of
 from registry.specs import ServerSpec
 from retrieval.documents import ToolText
@@ -38,17 +36,17 @@ from retrieval.intent import Intent
 from retrieval.intent_llm import LLMIntentParser, LLMSettings
 from retrieval.intent_stage import PreparedQuery
 from retrieval.pipeline import Hit, Retriever, ToolRecord
-from retrieval.usage import UsageState, Vector
+from retrieval.usage import Vector
 
 from .principal import Scope
 from .registry_watch import Fingerprint, fingerprint
+from .usage_evidence import UsageEvidence
 
 logger = logging.getLogger(__name__)
 # Tools per embedding call. The embedder sorts a call's texts by token count and batches
 # them, so a wider call pads less: measured here, calls of 64 ran at ~70% of the model's
 # throughput, calls of 512 at its full rate. Searches still see new tools every ~5 s.
 _CHUNK = 512
-_CLOCK_MARGIN = timedelta(seconds=60)  # replicas stamp usage rows with their own clocks
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +149,7 @@ class Catalog:
         self._refresh_lock = anyio.Lock()
         self._lock = anyio.Lock()  # serialises retriever state changes and searches
         self._loaded = False
-        self._usage_seen = datetime.min.replace(tzinfo=UTC)  # newest usage evidence taken in
+        self._usage = UsageEvidence(registry, retriever, self._lock)
         self.ready = False
         self.indexing = 0  # tools waiting to be embedded
         self.embedded = 0  # tools embedded since start (adopted ones are not)
@@ -222,7 +220,7 @@ class Catalog:
             await self._sync_index(records)
             del records  # of unchanged tools the retriever keeps its own: these are garbage
             if not self._loaded:
-                await self._load_usage()
+                await self._usage.load()
                 self._loaded = True
             self.ready = True
             await anyio.to_thread.run_sync(trim_heap)
@@ -344,18 +342,6 @@ class Catalog:
             "built the search graph over %d tools in %.1f s", len(self.retriever), time.perf_counter() - began
         )
 
-    async def _load_usage(self) -> None:
-        self._usage_seen = utcnow()
-        stored = await self._registry.load_usage()
-        states = {
-            name: state
-            for name, (count, total) in stored.items()
-            if (state := _usage_state(count, total, self.retriever.embedder.dim)) is not None
-        }
-        if states:
-            async with self._lock:
-                await anyio.to_thread.run_sync(self.retriever.load_usage, states)
-
     # -- lookups -------------------------------------------------------------------------------
 
     def __len__(self) -> int:
@@ -461,37 +447,10 @@ class Catalog:
                 found.append(SearchHit(tool, hit.score, hit.stages, hit.why, hit.sub_intent))
         return found
 
-    async def record_use(self, exposed_name: str, vector: Vector) -> bool:
-        """A successful use of a tool for a query: update its usage vector, then add it to the
-        stored evidence. False when the tool is gone."""
-        async with self._lock:
-            state = await anyio.to_thread.run_sync(self.retriever.record_use, exposed_name, vector)
-        if state is None:
-            return False
-        return await self._add_usage(exposed_name, 1, np.asarray(vector, dtype=np.float32), state)
-
     async def record_uses(self, uses: list[tuple[str, Vector]]) -> int:
-        """A batch of uses (gateway/learning_queue.py): usage vectors updated under one lock
-        acquisition, stored evidence added once per tool. Returns how many were recorded."""
-        latest: dict[str, UsageState] = {}
-        sums: dict[str, tuple[int, Vector]] = {}
-
-        def apply() -> None:
-            for name, vector in uses:
-                state = self.retriever.record_use(name, vector)
-                if state is None:
-                    continue  # the tool left the catalog meanwhile
-                latest[name] = state
-                count, total = sums.get(name, (0, np.zeros_like(vector, dtype=np.float32)))
-                sums[name] = (count + 1, total + np.asarray(vector, dtype=np.float32))
-
-        async with self._lock:
-            await anyio.to_thread.run_sync(apply)
-        recorded = 0
-        for name, (count, total) in sums.items():
-            if await self._add_usage(name, count, total, latest[name]):
-                recorded += count
-        return recorded
+        """A batch of uses (gateway/learning_queue.py): usage vectors and past requests updated,
+        then stored. Returns how many were recorded."""
+        return await self._usage.record(uses)
 
     async def add_examples(self, exposed_name: str, queries: list[str]) -> int:
         """Example queries for a tool count as uses of it (the same evidence live calls give).
@@ -499,48 +458,11 @@ class Catalog:
         if exposed_name not in self._tools:
             raise KeyError(exposed_name)
         vectors = await anyio.to_thread.run_sync(self.retriever.embedder.encode, queries)
-        recorded = 0
-        async with self._lock:
-            state = None
-            for vector in vectors:
-                state = await anyio.to_thread.run_sync(self.retriever.record_use, exposed_name, vector)
-                recorded += state is not None
-        if state is not None:
-            total = np.sum(np.asarray(vectors, dtype=np.float32), axis=0)
-            await self._add_usage(exposed_name, recorded, total, state)
-        return recorded
-
-    async def _add_usage(self, exposed_name: str, count: int, total: Vector, local: UsageState) -> bool:
-        """Add uses to the stored evidence, which other replicas add to as well: when the merged
-        total differs from ours, theirs came in between, so adopt the merged one."""
-        merged = await self._registry.add_usage(exposed_name, count, total.astype(np.float32).tobytes())
-        if merged is None:
-            return False
-        stored_count, stored_total = merged
-        if stored_count != local.count:
-            state = _usage_state(stored_count, stored_total, self.retriever.embedder.dim)
-            if state is not None:
-                async with self._lock:
-                    await anyio.to_thread.run_sync(self.retriever.load_usage, {exposed_name: state})
-        return True
+        return await self._usage.record([(exposed_name, vector) for vector in vectors])
 
     async def reload_usage(self) -> None:
-        """Take in usage evidence other replicas stored since the last look (with a margin for
-        their clocks); evidence equal to ours changes nothing."""
-        since = self._usage_seen - _CLOCK_MARGIN
-        rows = await self._registry.load_usage_since(since)
-        states: dict[str, UsageState] = {}
-        for name, (count, total, updated_at) in rows.items():
-            self._usage_seen = max(self._usage_seen, updated_at)
-            ours = self.retriever.usage.get(name)
-            if ours is not None and ours.count == count:
-                continue
-            state = _usage_state(count, total, self.retriever.embedder.dim)
-            if state is not None:
-                states[name] = state
-        if states:
-            async with self._lock:
-                await anyio.to_thread.run_sync(self.retriever.load_usage, states)
+        """Take in usage evidence and past requests other replicas stored since the last look."""
+        await self._usage.reload()
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -580,12 +502,6 @@ def _unchanged(old: CatalogTool | None, row: Tool, server: str, enabled: bool) -
     if old.id == row.id and old.enabled == enabled:
         return old
     return dataclasses.replace(old, id=row.id, enabled=enabled)
-
-
-def _usage_state(count: int, total: bytes, dim: int) -> UsageState | None:
-    if len(total) != 4 * dim:
-        return None  # stored by another embedder: not comparable
-    return UsageState(total=np.frombuffer(total, dtype=np.float32).copy(), count=count)
 
 
 def _index_filter(filters: SearchFilters | None) -> IndexFilter | None:

@@ -139,6 +139,25 @@ class ToolUsage(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 
+class RequestUse(Base):
+    """One use of a tool by a request (a find's query that a successful call, or an example,
+    counted): the request's key and query embedding (float32 bytes). The retriever's past
+    requests (nearest-query votes, co-usage) are rebuilt from the newest rows at start and
+    follow other replicas' rows; old rows are pruned. Deleted with the tool."""
+
+    __tablename__ = "request_uses"
+    __table_args__ = (
+        UniqueConstraint("request", "tool_id", name="uq_request_uses_request_tool"),
+        Index("ix_request_uses_created_at", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request: Mapped[str] = mapped_column(String(32))
+    tool_id: Mapped[int] = mapped_column(ForeignKey("tools.id", ondelete="CASCADE"))
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class ApiKey(Base):
     """An API key: only its SHA-256 hash and a short display prefix are stored, never the key.
     ``scope`` is ``{"servers": [...], "tools": [...]}`` or None for every tool."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -135,6 +135,11 @@ class Registry:
     def session(self) -> AsyncSession:
         """A raw session, for health checks."""
         return self._sessions()
+
+    def transaction(self) -> AbstractAsyncContextManager[AsyncSession]:
+        """One session shielded like this repository's own (queued behind its writers on
+        SQLite), for stores kept beside it (registry/request_log.py)."""
+        return self._transaction()
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncSession]:
