@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
+import anyio
 import numpy as np
 import pytest
 
@@ -175,3 +176,25 @@ async def test_examples_are_past_requests_of_their_own(
         state = b.retriever.usage.get("football__fixtures")
         assert state is not None
         assert state.count == 2
+
+
+async def test_migration_0006_down_and_up_keeps_the_tools(database_url: str) -> None:
+    """Downgrading drops the log (and only the log); upgrading again brings back an empty one."""
+    from alembic import command
+
+    from migrations.runner import alembic_config, upgrade
+
+    engine = create_engine(database_url)
+    try:
+        registry = Registry(create_sessionmaker(engine))
+        await _catalog_tools(registry)
+        assert await RequestLog(registry).add([("r1", "football__fixtures", _vector(1))]) == 1
+        await engine.dispose()  # migrations take their own connections
+        await anyio.to_thread.run_sync(command.downgrade, alembic_config(database_url), "0005")
+        assert len((await registry.list_tools()).tools) == 3
+        await anyio.to_thread.run_sync(upgrade, database_url)
+        log = RequestLog(registry)
+        assert await log.recent(10) == []
+        assert await log.add([("r2", "football__fixtures", _vector(2))]) == 1
+    finally:
+        await engine.dispose()
