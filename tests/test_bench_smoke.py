@@ -52,4 +52,6 @@ def test_lexical_prune_smoke() -> None:
         row = result["search_p50_ms"][mode]
         assert row["full_scan"] > 0
         assert row["maxscore"] > 0
-        assert row["ratio"] == round(row["maxscore"] / row["full_scan"], 3)
+        # The ratio comes from the unrounded medians; at this size they are hundredths of a ms,
+        # where rounding to 3 places alone moves the quotient by a few percent.
+        assert row["ratio"] == pytest.approx(row["maxscore"] / row["full_scan"], rel=0.1)
