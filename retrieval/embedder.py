@@ -401,7 +401,9 @@ class OnnxEmbedder:
             ids = [self._tokenizer.encode(items[0]).ids]
             out[0] = self._run(ids)[0]
             return out
-        rows = [e.ids for e in self._tokenizer.encode_batch(items)]
+        # The _fast variant skips character offsets, which nothing here reads: ~20% less
+        # tokenizing time for the same ids.
+        rows = [e.ids for e in self._tokenizer.encode_batch_fast(items)]
         # Similar lengths in one batch keep padding, i.e. wasted compute, small.
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         for chosen in _batches(order, rows, batch_size):
@@ -419,7 +421,7 @@ class OnnxEmbedder:
         counts: list[int] = []
         for start in range(0, len(items), _COUNT_SLICE):
             counts.extend(
-                len(e.ids) for e in self._tokenizer.encode_batch(items[start : start + _COUNT_SLICE])
+                len(e.ids) for e in self._tokenizer.encode_batch_fast(items[start : start + _COUNT_SLICE])
             )
         return counts
 
@@ -440,16 +442,28 @@ _COUNT_SLICE = 1024  # texts tokenized at once by token_counts
 # the 3,000 longest ToolBench+toolsdk texts: process peak 671 MB with 16 such texts a batch,
 # 401 MB with 4, and no throughput difference within this machine's noise.
 _ATTENTION_BUDGET = 4 * 256 * 256
+# A model run costs about rows x width word pieces plus a fixed part; measured here (one
+# thread) the fixed part was ~5 pieces, ~9 with two threads. Where sorted lengths are sparse
+# (the long tail, or new servers' texts beside a chunk of short tool texts in indexing), a
+# batch that waits for 64 rows pads its first rows to the last row's width: a new batch
+# starts once widening the current one would pad more than this. Dense lengths still fill
+# whole batches. On the 10,489-tool build: padded pieces 519,895 -> 502,440 for 498,962 real.
+_RUN_PIECES = 16
 
 
 def _batches(order: list[int], rows: list[list[int]], batch_size: int) -> Iterator[list[int]]:
     """Consecutive slices of `order` (sorted by length) of at most `batch_size` rows whose
-    batch x width^2 stays within the attention budget (a single row always fits)."""
+    batch x width^2 stays within the attention budget (a single row always fits), cut where
+    the next row would pad the batch by more than a run's fixed cost."""
     batch: list[int] = []
     width = 0
     for i in order:
         wider = max(width, len(rows[i]))
-        if batch and (len(batch) >= batch_size or (len(batch) + 1) * wider * wider > _ATTENTION_BUDGET):
+        if batch and (
+            len(batch) >= batch_size
+            or (len(batch) + 1) * wider * wider > _ATTENTION_BUDGET
+            or len(batch) * (wider - width) > _RUN_PIECES
+        ):
             yield batch
             batch, wider = [], len(rows[i])
         batch.append(i)

@@ -334,6 +334,26 @@ def test_batches_cap_long_texts_by_attention_size() -> None:
     assert max(len(b) for b in batches if len(rows[b[0]]) == 256) == _ATTENTION_BUDGET // (256 * 256)
 
 
+def test_batches_cut_where_lengths_are_sparse() -> None:
+    from retrieval.embedder import _RUN_PIECES, _batches
+
+    # Many texts of one length fill a batch; a few of spread lengths (new servers' texts
+    # beside a chunk of short tool texts) go in narrower batches instead of one padded to 60.
+    lengths = [12] * 70 + [25, 26, 30, 38, 39, 40, 41, 52, 60]
+    rows = [[1] * n for n in lengths]
+    order = list(range(len(rows)))
+    batches = list(_batches(order, rows, 64))
+    assert [i for batch in batches for i in batch] == order
+    assert [len(b) for b in batches[:2]] == [64, 6]
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    one_tail = 6 * 12 + 9 * 60  # the six short ones and the spread ones in one batch
+    assert padded + _RUN_PIECES * (len(batches) - 2) < 64 * 12 + one_tail
+    for batch in batches:
+        widths = [lengths[i] for i in batch]
+        # no row joined a batch whose earlier rows it widened by more than a run costs
+        assert all(k * (widths[k] - widths[k - 1]) <= _RUN_PIECES for k in range(1, len(widths)))
+
+
 _ARENA_PROBE = """
 import json, sys
 from pathlib import Path
