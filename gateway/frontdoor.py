@@ -222,8 +222,11 @@ def _conversation(ctx: ServerRequestContext[Any], given: object, *, issue: bool)
 
 
 def _structured(payload: dict[str, Any]) -> types.CallToolResult:
+    # Compact separators: the text repeats structuredContent, so its size is paid twice on
+    # every find_tools (encoding, the wire, the client's parse).
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     return types.CallToolResult(
-        content=[types.TextContent(type="text", text=json.dumps(payload, ensure_ascii=False))],
+        content=[types.TextContent(type="text", text=text)],
         structured_content=payload,
     )
 

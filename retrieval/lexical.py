@@ -199,24 +199,29 @@ class LexicalIndex:
 
     def _terms_of(self, query: str) -> list[_Term]:
         """The query's terms that occur in the index, in query order."""
+        return [term for _, term in self._keyed_terms(query)]
+
+    def _keyed_terms(self, query: str) -> list[tuple[tuple[str, bool], _Term]]:
+        """:meth:`_terms_of` with each term's key (term, is_exact)."""
         self._length_norms()
-        found = (self._contribution(term, is_exact) for term, is_exact in query_terms(query))
-        return [term for term in found if term is not None]
+        found = ((key, self._contribution(*key)) for key in query_terms(query))
+        return [(key, term) for key, term in found if term is not None]
 
     def _score(self, query: str) -> tuple[NDArray[np.float64], NDArray[np.intp]]:
         """Per-slot scores and the slots that matched at least one query term."""
         return self._score_terms(self._terms_of(query))
 
     def _score_terms(self, terms: Sequence[_Term]) -> tuple[NDArray[np.float64], NDArray[np.intp]]:
-        scores = np.zeros(len(self._ids), dtype=np.float64)
-        for term in terms:
-            scores[term.slots] += term.values
+        # One bincount pass instead of a scatter-add per term (~40% less time at 10k tools);
+        # it adds each slot's contributions in term order too, so the sums are bit-identical.
+        scores = self._sum(terms, range(len(terms))) if terms else np.zeros(len(self._ids))
         # Every contribution is positive (IDF > 0, tf > 0), so a matched slot scores > 0.
         return scores, np.flatnonzero(scores)
 
     def _ranked_prefix(self, scores: NDArray[np.float64], candidates: NDArray[np.intp], n: int) -> list[int]:
         """The first ``n`` candidates by score desc then tool_id (all of them if fewer)."""
-        return [int(candidates[k]) for k in self._best(scores[candidates], candidates, n)]
+        best: list[int] = candidates[self._best(scores[candidates], candidates, n)].tolist()
+        return best
 
     def _top_pruned(self, terms: Sequence[_Term], n: int) -> list[tuple[int, float]] | None:
         """The ``n`` best ``(slot, score)`` by score desc then tool_id, by MaxScore; None when
@@ -279,7 +284,8 @@ class LexicalIndex:
         exact = np.zeros(len(survivors), dtype=np.float64)
         for term in terms:
             exact += _lookup(term, survivors)
-        return [(int(survivors[k]), float(exact[k])) for k in self._best(exact, survivors, n)]
+        chosen = self._best(exact, survivors, n)
+        return list(zip(survivors[chosen].tolist(), exact[chosen].tolist(), strict=True))
 
     def _sum(self, terms: Sequence[_Term], chosen: Sequence[int]) -> NDArray[np.float64]:
         """Per-slot sums of the chosen terms' contributions, in one pass."""
@@ -297,7 +303,10 @@ class LexicalIndex:
             cutoff = np.partition(values, len(values) - n)[len(values) - n]
             chosen = chosen[values >= cutoff]
         ids = self._ids
-        return sorted(chosen.tolist(), key=lambda k: (-values[k], ids[slots[k]]))[:n]
+        # Plain tuples compare in C; a key reading numpy scalars per element was ~4x slower.
+        names = [ids[slot] for slot in slots[chosen].tolist()]
+        keyed = sorted(zip((-values[chosen]).tolist(), names, chosen.tolist(), strict=True))
+        return [k for _, _, k in keyed[:n]]
 
     def scores(self, query: str) -> dict[str, float]:
         """BM25 score of every document that shares at least one term with ``query``."""
@@ -314,7 +323,37 @@ class LexicalIndex:
         """
         if k <= 0 or not self._slot:
             return []
-        terms = self._terms_of(query)
+        return self._search_terms(self._terms_of(query), k, allowed)
+
+    def searcher(
+        self, allowed: Callable[[str], bool] | None = None
+    ) -> Callable[[str, int], list[tuple[str, float]]]:
+        """:meth:`search` for the several texts of one request (its sub-intent spans, the whole
+        request, its sentences), with ``allowed`` fixed: a text with the same terms in the
+        same order as an earlier one is not scored again when that search went deep enough
+        (a shallower list is a prefix of a deeper one), so the results are exactly
+        :meth:`search`'s. On ToolBench about half of the spans repeat a sentence. For one
+        request only: it keeps results, which the next change of the index makes stale."""
+        done: dict[tuple[tuple[str, bool], ...], tuple[int, list[tuple[str, float]]]] = {}
+
+        def search(query: str, k: int) -> list[tuple[str, float]]:
+            if k <= 0 or not self._slot:
+                return []
+            keyed = self._keyed_terms(query)
+            key = tuple(term_key for term_key, _ in keyed)
+            earlier = done.get(key)
+            # Deep enough, or it already ran out of matches.
+            if earlier is not None and (earlier[0] >= k or len(earlier[1]) < earlier[0]):
+                return earlier[1][:k]
+            results = self._search_terms([term for _, term in keyed], k, allowed)
+            done[key] = (k, results)
+            return list(results)  # a copy: the caller may change its list, not the kept one
+
+        return search
+
+    def _search_terms(
+        self, terms: Sequence[_Term], k: int, allowed: Callable[[str], bool] | None
+    ) -> list[tuple[str, float]]:
         prune = sum(len(term.slots) for term in terms) >= _PRUNE_MIN_POSTINGS
         dense: tuple[NDArray[np.float64], NDArray[np.intp]] | None = None
         results: list[tuple[str, float]] = []
@@ -325,7 +364,8 @@ class LexicalIndex:
                 if dense is None:
                     dense = self._score_terms(terms)  # kept: a deeper look reuses it
                 scores, candidates = dense
-                ranked = [(slot, float(scores[slot])) for slot in self._ranked_prefix(scores, candidates, n)]
+                slots = self._ranked_prefix(scores, candidates, n)
+                ranked = list(zip(slots, scores[slots].tolist(), strict=True))
             for slot, score in ranked[checked:]:
                 tool_id = self._ids[slot]
                 if allowed is None or allowed(tool_id):

@@ -548,3 +548,39 @@ def test_pruned_search_equals_scoring_every_posting(
     for tool_text in tools[:250]:
         index.add(tool_text)
     assert run(prune=True) == run(prune=False)
+
+
+def test_request_searcher_equals_search_and_scores_a_repeated_text_once(
+    toolbench_and_toolsdk: tuple[list[ToolText], list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One request's searcher (its spans, the whole request, its sentences) returns exactly
+    what separate searches return, at every depth and with a filter; a text whose terms
+    repeat an earlier one's is not scored again when that search went deep enough."""
+    tools, requests = toolbench_and_toolsdk
+    index = LexicalIndex.build(tools)
+    servers = {t.server for t in tools[::3]}
+
+    def allowed(tool_id: str) -> bool:
+        return tool_id.split("/")[0] in servers
+
+    scored: list[int] = []
+    real = index._search_terms
+
+    def counted(*args: Any) -> Any:
+        scored.append(1)
+        return real(*args)
+
+    for flt in (None, allowed):
+        for text in requests[:60]:
+            expected = [index.search(text, k, allowed=flt) for k in (64, 10, 3, 100)]
+            monkeypatch.setattr(index, "_search_terms", counted)
+            scored.clear()
+            search = index.searcher(flt)
+            # The same terms again (punctuation makes no term): served by the first search.
+            got = [search(text, 64), search(text + " ?!", 10), search(text, 3), search(text, 100)]
+            monkeypatch.undo()
+            assert got == expected
+            # Then deeper for 100, unless the first search ran out of matches.
+            assert len(scored) == (2 if len(expected[0]) == 64 else 1)
+    assert index.searcher()("", 5) == []
+    assert index.searcher()("get weather", 0) == []

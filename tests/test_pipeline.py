@@ -290,3 +290,35 @@ def test_destructive_tools_are_filtered_inside_both_lists(
     hits = retriever.search(narrow, 10, flt)
     assert target.tool_id not in [h.tool_id for h in hits]
     assert len(hits) == 10
+
+
+@pytest.mark.parametrize(
+    ("widths", "groups"),
+    [
+        ([9, 5, 9], [[1, 0, 2]]),  # similar widths: one run
+        ([7, 8, 26], [[0, 1], [2]]),  # padding 7 and 8 to 26 costs more than a second run
+        ([5, 40, 6, 41], [[0, 2], [1, 3]]),
+        ([30], [[0]]),
+        ([], []),
+    ],
+)
+def test_spans_are_embedded_in_the_cheapest_runs(widths: list[int], groups: list[list[int]]) -> None:
+    assert pipeline_module._run_groups(widths) == groups
+
+
+def test_span_vectors_come_back_in_span_order() -> None:
+    class Recording:
+        dim = 2
+
+        def token_counts(self, texts: Sequence[str]) -> list[int]:
+            return [len(t) for t in texts]
+
+        def encode(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+            assert batch_size == len(texts)
+            return np.array([[len(t), 1.0] for t in texts], np.float32)
+
+    retriever = Retriever.__new__(Retriever)
+    retriever.embedder = Recording()  # type: ignore[assignment]
+    spans = ["a" * 30, "bb", "c" * 29, "ddd"]
+    vectors = retriever._embed_spans(spans)
+    assert vectors[:, 0].tolist() == [30, 2, 29, 3]
